@@ -1,0 +1,18 @@
+"""Spiking vision transformers: QKFormer, Spikingformer and SGLFormer, one definition each.
+
+Importing this package registers every published variant with timm::
+
+    import models, timm
+    model = timm.create_model("qkformer_10_384", T=4)
+
+``models.VARIANTS`` lists them; :func:`load_checkpoint` loads the authors' checkpoints safely.
+"""
+from .checkpoint import CheckpointError, load_checkpoint, safe_load
+from .neuron import LIF, reset_net, set_backend
+from .qkformer import QKFormer
+from .sglformer import SGLFormer
+from .spikingformer import Spikingformer
+from .variants import VARIANTS, build
+
+__all__ = ["QKFormer", "Spikingformer", "SGLFormer", "VARIANTS", "build", "LIF", "reset_net",
+           "set_backend", "load_checkpoint", "safe_load", "CheckpointError"]

@@ -1,0 +1,235 @@
+"""Building blocks shared by the three model families.
+
+Tensors inside the models are ``[T, B, C, H, W]`` (or ``[T, B, C, N]`` for token sequences):
+time first, as spikingjelly's multi-step neurons expect. Convolutions and batch norms see
+``T`` and ``B`` merged into one batch axis, exactly as in the original code, so batch-norm
+statistics are taken over time and batch together.
+
+The original files store most convs/BNs/LIFs as flat attributes named ``<unit>_conv``,
+``<unit>_bn``, ``<unit>_lif``. :class:`ConvUnits` keeps those names (they are the checkpoints'
+parameter names) while the list of units itself is data, so one class serves every stem and
+MLP. Modules are registered in the original order, which makes ``parameters()`` (and with it
+the layout of optimizer state in checkpoints) identical to the original's.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn as nn
+
+from .neuron import lif
+
+
+class Unit(NamedTuple):
+    """One conv unit: conv (``kernel``, ``stride``, no bias unless ``bias``) + BN + LIF.
+
+    ``dims=1`` uses Conv1d/BatchNorm1d on token sequences. ``pool`` adds a 3x3/2 max-pool
+    after the BN. ``lif=False`` leaves the neuron out (the first unit of a pre-activation stem).
+    ``merged_tb`` marks a LIF that the original applied to T and B merged (see
+    :func:`lif_on_merged_tb`).
+    """
+    name: str
+    cin: int
+    cout: int
+    pool: bool = False
+    kernel: int = 3
+    stride: int = 1
+    bias: bool = False
+    dims: int = 2
+    lif: bool = True
+    merged_tb: bool = False
+
+
+def max_pool() -> nn.MaxPool2d:
+    """The down-sampling pool of all three families: 3x3, stride 2, padding 1."""
+    return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+
+def lif_on_merged_tb(neuron: nn.Module, x: torch.Tensor, T: int, fix: bool) -> torch.Tensor:
+    """Apply `neuron` to ``x = [T*B, ...]``, reproducing or fixing an upstream bug.
+
+    Some original layers call a multi-step LIF on a tensor whose first axis is T and B merged
+    (QKFormer issue #14; also SGLFormer's ImageNet models). The neuron then treats all T*B slices
+    as one sequence: membrane potential leaks from one sample into the next, and outputs depend
+    on the batch size and on the order of samples in the batch. The released checkpoints were
+    trained that way, so ``fix=False`` (the default everywhere) keeps it; ``fix=True`` splits T
+    back out first, as the papers describe.
+    """
+    if not fix:
+        return neuron(x)
+    return neuron(x.reshape(T, -1, *x.shape[1:])).flatten(0, 1)
+
+
+class ConvUnits(nn.Module):
+    """A chain of conv units stored under the original attribute names.
+
+    ``order="post"`` runs conv -> BN -> [pool] -> LIF per unit (QKFormer, SGLFormer);
+    ``order="pre"`` runs LIF -> [pool] -> conv -> BN (Spikingformer's spike-driven residual
+    design: a block's input is real-valued and is turned into spikes first).
+    """
+
+    def __init__(self, units: Sequence[Unit], order: str = "post", tau: float = 2.0,
+                 fix_tb_merge: bool = False):
+        super().__init__()
+        if order not in ("post", "pre"):
+            raise ValueError(f"order must be 'post' or 'pre', not {order!r}")
+        self.order = order
+        self.units = tuple(units)
+        self.fix_tb_merge = fix_tb_merge
+        for u in self.units:
+            conv = nn.Conv1d if u.dims == 1 else nn.Conv2d
+            norm = nn.BatchNorm1d if u.dims == 1 else nn.BatchNorm2d
+            if order == "pre" and u.lif:
+                setattr(self, f"{u.name}_lif", lif(tau=tau))
+            if order == "pre" and u.pool:
+                setattr(self, f"{u.name}_maxpool", max_pool())
+            setattr(self, f"{u.name}_conv", conv(u.cin, u.cout, u.kernel, u.stride,
+                                                 padding=u.kernel // 2, bias=u.bias))
+            setattr(self, f"{u.name}_bn", norm(u.cout))
+            if order == "post" and u.pool:
+                setattr(self, f"{u.name}_maxpool", max_pool())
+            if order == "post" and u.lif:
+                setattr(self, f"{u.name}_lif", lif(tau=tau))
+
+    def run(self, u: Unit, x: torch.Tensor) -> torch.Tensor:
+        """One unit on ``[T, B, C, ...]``."""
+        part = self._modules
+        T, B = x.shape[:2]
+        if self.order == "pre" and u.lif:
+            x = part[f"{u.name}_lif"](x)
+        x = x.flatten(0, 1)
+        if self.order == "pre" and u.pool:
+            x = part[f"{u.name}_maxpool"](x)
+        x = part[f"{u.name}_bn"](part[f"{u.name}_conv"](x))
+        if self.order == "post" and u.pool:
+            x = part[f"{u.name}_maxpool"](x)
+        if self.order == "post" and u.lif and u.merged_tb:
+            x = lif_on_merged_tb(part[f"{u.name}_lif"], x, T, self.fix_tb_merge)
+            return x.reshape(T, B, *x.shape[1:])
+        x = x.reshape(T, B, *x.shape[1:])
+        if self.order == "post" and u.lif:
+            x = part[f"{u.name}_lif"](x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for u in self.units:
+            x = self.run(u, x)
+        return x
+
+
+class SpikingMLP(ConvUnits):
+    """Two 1x1 conv units, ``dim -> hidden -> dim`` (conv with bias, BN, LIF).
+
+    ``names`` are the original attribute prefixes ('fc1', 'fc2' or 'mlp1', 'mlp2'); ``dims=1``
+    for token sequences ``[T, B, C, N]`` (SGLFormer ImageNet), 2 for feature maps.
+    """
+
+    def __init__(self, dim: int, hidden: int, names=("mlp1", "mlp2"), order: str = "post",
+                 dims: int = 2, tau: float = 2.0):
+        super().__init__([Unit(names[0], dim, hidden, kernel=1, bias=True, dims=dims),
+                          Unit(names[1], hidden, dim, kernel=1, bias=True, dims=dims)],
+                         order=order, tau=tau)
+
+
+def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
+                    scale: float = 0.125) -> torch.Tensor:
+    """Spiking self-attention without softmax: ``Q K^T V * scale`` per head.
+
+    Takes and returns ``[T, B, C, N]``. Q, K and V are binary spikes, so every product is an
+    exact integer count in float32 and both association orders give bit-identical outputs;
+    the cheaper one is used (``Q (K^T V)`` when tokens outnumber head channels). The original
+    files use one order or the other. The scale is 0.125 in every original, whatever the head
+    width.
+    """
+    T, B, C, N = q.shape
+    d = C // num_heads
+
+    def heads(t: torch.Tensor) -> torch.Tensor:  # [T,B,C,N] -> [T,B,h,N,d]
+        return t.transpose(-1, -2).reshape(T, B, N, num_heads, d).permute(0, 1, 3, 2, 4)
+
+    q, k, v = heads(q), heads(k), heads(v)
+    if N > d:
+        x = q @ (k.transpose(-2, -1) @ v)
+    else:
+        x = (q @ k.transpose(-2, -1)) @ v
+    return (x * scale).transpose(3, 4).reshape(T, B, C, N)
+
+
+class SpikingSelfAttention(nn.Module):
+    """Spikformer-style SSA: 1x1 conv+BN+LIF for Q, K, V; ``Q K^T V``; LIF(0.5); 1x1 projection.
+
+    Takes ``[T, B, C, H, W]`` or ``[T, B, C, N]`` and returns the same shape.
+
+    * ``order="post"`` (QKFormer, SGLFormer ImageNet): the projection ends in a LIF, which the
+      originals apply to T and B merged (``fix_tb_merge`` fixes it, see :func:`lif_on_merged_tb`).
+    * ``order="pre"`` (Spikingformer): the input passes a LIF first (named ``proj_lif`` in the
+      original) and the projection ends at its BN, so the residual stream stays real-valued.
+    """
+
+    def __init__(self, dim: int, num_heads: int, order: str = "post", tau: float = 2.0,
+                 fix_tb_merge: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.order = order
+        self.fix_tb_merge = fix_tb_merge
+        if order == "pre":
+            self.proj_lif = lif(tau=tau)
+        for name in ("q", "k", "v"):
+            setattr(self, f"{name}_conv", nn.Conv1d(dim, dim, kernel_size=1, bias=False))
+            setattr(self, f"{name}_bn", nn.BatchNorm1d(dim))
+            setattr(self, f"{name}_lif", lif(tau=tau))
+        self.attn_lif = lif(v_threshold=0.5, tau=tau)
+        self.proj_conv = nn.Conv1d(dim, dim, kernel_size=1)
+        self.proj_bn = nn.BatchNorm1d(dim)
+        if order == "post":
+            self.proj_lif = lif(tau=tau)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        T, B, C = shape[:3]
+        if self.order == "pre":
+            x = self.proj_lif(x)
+        x = x.flatten(3) if x.dim() == 5 else x
+        N = x.shape[-1]
+        flat = x.flatten(0, 1)
+        q, k, v = (self._modules[f"{n}_lif"](
+            self._modules[f"{n}_bn"](self._modules[f"{n}_conv"](flat)).reshape(T, B, C, N))
+            for n in ("q", "k", "v"))
+        x = self.attn_lif(spike_attention(q, k, v, self.num_heads))
+        x = self.proj_bn(self.proj_conv(x.flatten(0, 1)))
+        if self.order == "post":
+            x = lif_on_merged_tb(self.proj_lif, x, T, self.fix_tb_merge)
+        return x.reshape(shape)
+
+
+class Residual(nn.Module):
+    """``x = x + f(x)`` for each sub-module in order: the block pattern of all three families.
+
+    ``parts`` maps the original attribute names to modules. Names in ``unused`` are registered
+    but never called: some originals define LayerNorms they do not use, and their checkpoints
+    (and parameter counts) include them.
+    """
+
+    def __init__(self, parts: dict[str, nn.Module], unused: Sequence[str] = ()):
+        super().__init__()
+        for name, module in parts.items():
+            setattr(self, name, module)
+        self.residual_names = tuple(n for n in parts if n not in unused)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.residual_names:
+            x = x + self._modules[name](x)
+        return x
+
+
+def check_no_dropout(family: str, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
+    """The originals accept drop rates but never apply them; refuse rather than ignore."""
+    if drop_rate or drop_path_rate:
+        raise ValueError(
+            f"{family} has no dropout or stochastic depth: the original code accepts "
+            f"drop_rate/drop_path_rate but never applies them (its training scripts pass 0.1-0.2 "
+            f"with no effect). Omit them or pass 0 (got drop_rate={drop_rate}, "
+            f"drop_path_rate={drop_path_rate}).")

@@ -1,0 +1,262 @@
+"""SGLFormer (Zhang et al., Frontiers in Neuroscience 2024): spiking global-local-fusion transformer.
+
+Blocks mix a local convolutional block, a local (window-partitioned) SSA and global SSAs.
+One definition covers the layouts of the original code:
+
+============  ===================================================================  ==========
+layout        trunk                                                                head
+============  ===================================================================  ==========
+``cifar``     stem + 4-conv tokenizer (4x), ``depth`` fusion blocks:               STB conv
+              local conv, local SSA, MLP, (global SSA, MLP) x2
+``dvs``       as CIFAR with a 16x tokenizer (128 -> 8x8 tokens)                    STB conv
+``imagenet``  5-conv patch embedding (16x), one local block (local conv,           mean + linear
+              local SSA, MLP), then ``depth - 2`` global SSA blocks
+============  ===================================================================  ==========
+
+The CIFAR/DVS head is the paper's spatio-temporal block (STB): a depthwise conv whose kernel
+spans all tokens and all time steps, so its weight shape depends on ``T`` and the image size
+(``[C, 1, tokens, T]``). The ImageNet layout has two variants: ``stem_pool="early"`` (upstream
+``sglformer_ima``, the paper's "*" models) pools after the first four convs;
+``stem_pool="late"`` (``sglformer_ima2``) after the last four, and its first LIF sees T and B
+merged (fixed by ``fix_tb_merge=True``, as is the global SSA projection LIF).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .base import SpikingClassifier
+from .layers import (ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, check_no_dropout,
+                     max_pool, spike_attention)
+from .neuron import lif
+
+LAYOUTS = ("imagenet", "cifar", "dvs")
+
+
+class Conv3x3(nn.Module):
+    """3x3 conv + BN (+ 3x3/2 max-pool when ``stride == 2``) + LIF on ``[T, B, C, H, W]``."""
+
+    def __init__(self, dim_in: int, dim_out: int, stride: int = 1, groups: int = 1):
+        super().__init__()
+        self.conv3x3 = nn.Conv2d(dim_in, dim_out, 3, 1, padding=1, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(dim_out)
+        if stride == 2:
+            self.pool = max_pool()
+        self.lif = lif()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B = x.shape[:2]
+        x = self.bn(self.conv3x3(x.flatten(0, 1)))
+        if "pool" in self._modules:
+            x = self.pool(x)
+        return self.lif(x.reshape(T, B, *x.shape[1:]))
+
+
+class DWConv3x3(Conv3x3):
+    """Depthwise 3x3 conv + BN + LIF."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim, dim, groups=dim)
+
+
+class Conv1x1(nn.Module):
+    """1x1 conv (no bias) + BN + LIF on ``[T, B, C, H, W]``."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.conv1x1 = nn.Conv2d(dim_in, dim_out, 1, bias=False)
+        self.bn = nn.BatchNorm2d(dim_out)
+        self.lif = lif()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B = x.shape[:2]
+        x = self.bn(self.conv1x1(x.flatten(0, 1)))
+        return self.lif(x.reshape(T, B, *x.shape[1:]))
+
+
+class ConvMLP(nn.Module):
+    """``mlp1``, ``mlp2``: two Conv1x1 units (``MLP``/``LocalMLP`` upstream)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.mlp1 = Conv1x1(dim, hidden)
+        self.mlp2 = Conv1x1(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp2(self.mlp1(x))
+
+
+class LocalConv(nn.Module):
+    """Local feature block: a residual depthwise conv, then an inverted bottleneck with its own
+    residual (``LocalBlock``/``LocalFeature1`` upstream). Note the caller adds the input once
+    more, as the original does."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv = DWConv3x3(dim)
+        self.conv1x1_1 = Conv1x1(dim, 4 * dim)
+        self.dwconv3x3 = DWConv3x3(4 * dim)
+        self.conv1x1_2 = Conv1x1(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.conv(x)
+        return x + self.conv1x1_2(self.dwconv3x3(self.conv1x1_1(x)))
+
+
+class GlobalSSA(nn.Module):
+    """SSA over all tokens with Conv1x1 units for Q, K, V and the projection."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.q_conv = Conv1x1(dim, dim)
+        self.k_conv = Conv1x1(dim, dim)
+        self.v_conv = Conv1x1(dim, dim)
+        self.attn_lif = lif(v_threshold=0.5)
+        self.proj_conv = Conv1x1(dim, dim)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        q, k, v = (m(x).flatten(3) for m in (self.q_conv, self.k_conv, self.v_conv))
+        x = self.attn_lif(spike_attention(q, k, v, self.num_heads))
+        return self.proj_conv(x.reshape(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(x)
+
+
+class LocalSSA(GlobalSSA):
+    """SSA inside groups of tokens: the map is split into ``num_hw`` x ``num_hw`` interleaved
+    sub-grids (pixels with the same (h mod n, w mod n)), each attended separately."""
+
+    def __init__(self, dim: int, num_heads: int, num_hw: int = 2):
+        super().__init__(dim, num_heads)
+        self.num_hw = num_hw
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B, C, H, W = x.shape
+        n = self.num_hw
+        x = x.reshape(T, B, C, H // n, n, W // n, n).permute(0, 1, 4, 6, 2, 3, 5)
+        x = self.attend(x.reshape(T, B * n * n, C, H // n, W // n))
+        x = x.reshape(T, B, n, n, C, H // n, W // n).permute(0, 1, 4, 5, 2, 6, 3)
+        return x.reshape(T, B, C, H, W)
+
+
+class Stem(nn.Module):
+    def __init__(self, in_chans: int, e: int):
+        super().__init__()
+        self.conv = Conv3x3(in_chans, e // 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Tokenizer(nn.Module):
+    """Four Conv3x3 units ``e/6 -> e/4 -> e/2 -> e -> e``; the first two pool only for DVS."""
+
+    def __init__(self, e: int, early_stride: int):
+        super().__init__()
+        self.conv1 = Conv3x3(e // 6, e // 4, stride=early_stride)
+        self.conv2 = Conv3x3(e // 4, e // 2, stride=early_stride)
+        self.conv3 = Conv3x3(e // 2, e, stride=2)
+        self.conv4 = Conv3x3(e, e, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv4(self.conv3(self.conv2(self.conv1(x))))
+
+
+def _fusion_block(dim: int, num_heads: int, mlp_ratio: float) -> Residual:
+    """CIFAR/DVS block (``SpikingTransformer`` upstream): local conv, local SSA and two global SSAs."""
+    hidden = int(dim * mlp_ratio)
+    return Residual({"loc": LocalConv(dim),
+                     "ssa1": LocalSSA(dim, num_heads), "mlp1": ConvMLP(dim, hidden),
+                     "ssa2": GlobalSSA(dim, num_heads), "mlp2": ConvMLP(dim, hidden),
+                     "ssa3": GlobalSSA(dim, num_heads), "mlp3": ConvMLP(dim, hidden)})
+
+
+class SGLFormer(SpikingClassifier):
+    """SGLFormer-``depth``-``embed_dim``.
+
+    Args:
+        layout: ``"imagenet"``, ``"cifar"`` or ``"dvs"`` (see the module docstring).
+        embed_dim, depth, num_heads, mlp_ratio: width, blocks, heads, MLP expansion. ``depth``
+            counts fusion blocks for CIFAR/DVS (1 in every published model) and, as upstream,
+            the local block as two for ImageNet (``depth - 2`` global blocks follow it).
+        in_chans, num_classes: input channels and classes.
+        T: time steps. Fixed for CIFAR/DVS: the STB head's kernel has T columns.
+        img_size: input side; sets the STB head's token count (CIFAR/DVS).
+        stem_pool: ImageNet only, ``"early"`` (8-512*, 8-768*) or ``"late"`` (8-384, 8-512).
+        fix_tb_merge: fix the LIFs that see T and B merged (ImageNet only).
+        backend: LIF backend, ``"auto"``/``"torch"``/``"cupy"`` (None: $SNN_LIF_BACKEND).
+    """
+
+    def __init__(self, layout: str = "cifar", embed_dim: int = 384, depth: int = 1,
+                 num_heads: int = 16, mlp_ratio: float = 4.0, in_chans: int = 3,
+                 num_classes: int = 10, T: int = 4, img_size: int | None = None,
+                 stem_pool: str = "late", fix_tb_merge: bool = False, backend: str | None = None,
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown SGLFormer layout {layout!r}; choose one of {LAYOUTS}")
+        if stem_pool not in ("early", "late"):
+            raise ValueError(f"stem_pool must be 'early' or 'late', not {stem_pool!r}")
+        check_no_dropout("SGLFormer", drop_rate, drop_path_rate)
+        super().__init__(num_classes, embed_dim, T)
+        self.input_kind = "events" if layout == "dvs" else "image"
+        self.layout = layout
+        self.img_size = img_size = img_size or {"imagenet": 224, "cifar": 32, "dvs": 128}[layout]
+        e = embed_dim
+        if layout == "imagenet":
+            if depth < 3:
+                raise ValueError(f"depth {depth} is too small for the imagenet layout (min 3)")
+            pools = (True, True, True, True, False) if stem_pool == "early" else (False, True, True, True, True)
+            chans = [in_chans, e // 8, e // 4, e // 2, e, e]
+            self.patch_embed = ConvUnits(
+                [Unit(n, chans[i], chans[i + 1], pool=pools[i], merged_tb=(i == 0 and stem_pool == "late"))
+                 for i, n in enumerate(["proj", "proj1", "proj2", "proj3", "proj4"])],
+                order="post", fix_tb_merge=fix_tb_merge)
+            hidden = int(e * mlp_ratio)
+            self.localblock = nn.ModuleList([Residual({
+                "local1": LocalConv(e), "local2_SSA": LocalSSA(e, num_heads),
+                "local2_MLP": ConvMLP(e, hidden)})])
+            self.blocks = nn.ModuleList(
+                Residual({"norm1": nn.LayerNorm(e, eps=1e-6),
+                          "attn": SpikingSelfAttention(e, num_heads, fix_tb_merge=fix_tb_merge),
+                          "norm2": nn.LayerNorm(e, eps=1e-6),
+                          "mlp": SpikingMLP(e, hidden, names=("fc1", "fc2"), dims=1)},
+                         unused=("norm1", "norm2"))
+                for _ in range(depth - 2))
+        else:
+            self.stem = Stem(in_chans, e)
+            self.tokenizer = Tokenizer(e, early_stride=2 if layout == "dvs" else 1)
+            self.blocks = nn.Sequential(*[_fusion_block(e, num_heads, mlp_ratio) for _ in range(depth)])
+            side = img_size // (16 if layout == "dvs" else 4)
+            self.num_patches = side * side
+            self.full_size_conv = nn.Conv2d(e, e, kernel_size=(self.num_patches, T), groups=e)
+            self.bn = nn.BatchNorm2d(e)
+        self.init_head(backend)
+
+    def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == "imagenet":
+            x = self.patch_embed(x)
+            for blk in self.localblock:
+                x = blk(x)
+            x = x.flatten(3)
+            for blk in self.blocks:
+                x = blk(x)
+            return x
+        if x.shape[0] != self.T:
+            raise ValueError(f"this SGLFormer's head was built for T={self.T} time steps, the input "
+                             f"has {x.shape[0]}; build the model with T={x.shape[0]}")
+        return self.blocks(self.tokenizer(self.stem(x)))
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == "imagenet":
+            return x.mean(-1).mean(0)
+        tokens = x.flatten(3)
+        if tokens.shape[-1] != self.num_patches:
+            raise ValueError(f"this SGLFormer's head was built for {self.num_patches} tokens "
+                             f"(img_size={self.img_size}); the input gives {tokens.shape[-1]}")
+        x = self.bn(self.full_size_conv(tokens.permute(1, 2, 3, 0)))   # [B, C, 1, 1]
+        return x.reshape(x.shape[0], -1)

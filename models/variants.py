@@ -1,0 +1,109 @@
+"""Every published variant, registered with timm: ``timm.create_model(name, **overrides)``.
+
+The defaults reproduce what the original code builds for that row of the papers' tables;
+keyword arguments override them (``T``, ``num_classes``, ``img_size``, ``fix_tb_merge``,
+``backend``, ...). See the README for the paper each row comes from.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from timm.models import register_model
+
+from .qkformer import QKFormer
+from .sglformer import SGLFormer
+from .spikingformer import Spikingformer
+
+IMAGENET = dict(in_chans=3, num_classes=1000, T=4, img_size=224)
+CIFAR = dict(in_chans=3, num_classes=10, T=4, img_size=32)
+# Event frames: 2 polarity channels, 128x128; T comes with the data for QKFormer/Spikingformer,
+# and is part of SGLFormer's head. 16 frames is the originals' default.
+CIFAR10DVS = dict(in_chans=2, num_classes=10, T=16, img_size=128)
+GESTURE = dict(in_chans=2, num_classes=11, T=16, img_size=128)
+
+_DATA_CFG = {
+    224: dict(input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    32: dict(input_size=(3, 32, 32), mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    128: dict(input_size=(2, 128, 128), mean=(0.0, 0.0), std=(1.0, 1.0)),
+}
+
+#: name -> (model class, default arguments, one-line description)
+VARIANTS: dict[str, tuple[type, dict[str, Any], str]] = {
+    # QKFormer (NeurIPS 2024)
+    "qkformer_10_384": (QKFormer, dict(layout="imagenet", embed_dim=384, depth=10, num_heads=6, **IMAGENET),
+                        "ImageNet HST-10-384"),
+    "qkformer_10_512": (QKFormer, dict(layout="imagenet", embed_dim=512, depth=10, num_heads=8, **IMAGENET),
+                        "ImageNet HST-10-512"),
+    "qkformer_10_768": (QKFormer, dict(layout="imagenet", embed_dim=768, depth=10, num_heads=12, **IMAGENET),
+                        "ImageNet HST-10-768 (also evaluated at 288 and 384)"),
+    "qkformer_cifar_4_384": (QKFormer, dict(layout="cifar", embed_dim=384, depth=4, num_heads=8, **CIFAR),
+                             "CIFAR10/100 HST-4-384"),
+    "qkformer_cifar10dvs_2_256": (QKFormer, dict(layout="dvs", embed_dim=256, depth=2, num_heads=16,
+                                                 mlp_ratio=1, **CIFAR10DVS), "CIFAR10-DVS HST-2-256"),
+    "qkformer_gesture_2_256": (QKFormer, dict(layout="dvs", embed_dim=256, depth=2, num_heads=16,
+                                              mlp_ratio=4, **GESTURE), "DVS128 Gesture HST-2-256"),
+    # Spikingformer (arXiv 2304.11954)
+    "spikingformer_8_384": (Spikingformer, dict(layout="imagenet", embed_dim=384, depth=8, num_heads=12, **IMAGENET),
+                            "ImageNet Spikingformer-8-384"),
+    "spikingformer_8_512": (Spikingformer, dict(layout="imagenet", embed_dim=512, depth=8, num_heads=8, **IMAGENET),
+                            "ImageNet Spikingformer-8-512"),
+    "spikingformer_8_768": (Spikingformer, dict(layout="imagenet", embed_dim=768, depth=8, num_heads=8, **IMAGENET),
+                            "ImageNet Spikingformer-8-768"),
+    "spikingformer_cifar_4_384": (Spikingformer, dict(layout="cifar", embed_dim=384, depth=4, num_heads=12, **CIFAR),
+                                  "CIFAR10/100 Spikingformer-4-384"),
+    "spikingformer_cifar_4_256": (Spikingformer, dict(layout="cifar", embed_dim=256, depth=4, num_heads=8, **CIFAR),
+                                  "CIFAR10/100 Spikingformer-4-256"),
+    "spikingformer_cifar_2_384": (Spikingformer, dict(layout="cifar", embed_dim=384, depth=2, num_heads=12, **CIFAR),
+                                  "CIFAR10/100 Spikingformer-2-384"),
+    "spikingformer_cifar10dvs_2_256": (Spikingformer, dict(layout="dvs", embed_dim=256, depth=2, num_heads=16,
+                                                           **CIFAR10DVS), "CIFAR10-DVS Spikingformer-2-256"),
+    "spikingformer_gesture_2_256": (Spikingformer, dict(layout="dvs", embed_dim=256, depth=2, num_heads=16,
+                                                        **GESTURE), "DVS128 Gesture Spikingformer-2-256"),
+    # SGLFormer (Frontiers in Neuroscience 2024); "star" = the paper's "*" rows (early pooling)
+    "sglformer_8_384": (SGLFormer, dict(layout="imagenet", embed_dim=384, depth=8, num_heads=6,
+                                        stem_pool="late", **IMAGENET), "ImageNet SGLFormer-8-384"),
+    "sglformer_8_512": (SGLFormer, dict(layout="imagenet", embed_dim=512, depth=8, num_heads=8,
+                                        stem_pool="late", **IMAGENET), "ImageNet SGLFormer-8-512"),
+    "sglformer_8_512_star": (SGLFormer, dict(layout="imagenet", embed_dim=512, depth=8, num_heads=8,
+                                             stem_pool="early", **IMAGENET), "ImageNet SGLFormer-8-512*"),
+    "sglformer_8_768_star": (SGLFormer, dict(layout="imagenet", embed_dim=768, depth=8, num_heads=12,
+                                             stem_pool="early", **IMAGENET), "ImageNet SGLFormer-8-768*"),
+    "sglformer_cifar_4_384": (SGLFormer, dict(layout="cifar", embed_dim=384, depth=1, num_heads=16, **CIFAR),
+                              "CIFAR10/100 SGLFormer-4-384"),
+    "sglformer_cifar10dvs_3_256": (SGLFormer, dict(layout="dvs", embed_dim=256, depth=1, num_heads=16,
+                                                   **CIFAR10DVS), "CIFAR10-DVS SGLFormer-3-256 (T=10 or 16)"),
+    "sglformer_gesture_3_256": (SGLFormer, dict(layout="dvs", embed_dim=256, depth=1, num_heads=16,
+                                                **GESTURE), "DVS128 Gesture SGLFormer-3-256 (T=10 or 16)"),
+}
+
+
+def build(name: str, **overrides):
+    """Build a registered variant without going through timm."""
+    if name not in VARIANTS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(VARIANTS)}")
+    cls, defaults, description = VARIANTS[name]
+    model = cls(**{**defaults, **overrides})
+    cfg = dict(_DATA_CFG[defaults["img_size"]], num_classes=model.num_classes, interpolation="bicubic",
+               crop_pct=1.0, classifier="head", architecture=name, description=description)
+    model.pretrained_cfg = model.default_cfg = cfg
+    return model
+
+
+def _register(name: str) -> None:
+    def entrypoint(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+                   cache_dir=None, **kwargs):
+        if pretrained:
+            raise ValueError(
+                f"{name}: no weights can be downloaded automatically (the authors share them on "
+                f"Baidu Netdisk / Google Drive). Download a checkpoint and load it with "
+                f"models.load_checkpoint(model, path).")
+        return build(name, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__doc__ = VARIANTS[name][2]
+    entrypoint.__module__ = __name__
+    register_model(entrypoint)
+
+
+for _name in VARIANTS:
+    _register(_name)
