@@ -7,6 +7,18 @@ from timm.layers import trunc_normal_
 
 from .neuron import reset_net, set_backend
 
+LAYOUTS = ("imagenet", "cifar", "dvs")
+
+
+def check_no_dropout(family: str, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
+    """The originals accept drop rates but never apply them; refuse rather than ignore."""
+    if drop_rate or drop_path_rate:
+        raise ValueError(
+            f"{family} has no dropout or stochastic depth: the original code accepts "
+            f"drop_rate/drop_path_rate but never applies them (its training scripts pass 0.1-0.2 "
+            f"with no effect). Omit them or pass 0 (got drop_rate={drop_rate}, "
+            f"drop_path_rate={drop_path_rate}).")
+
 
 class SpikingClassifier(nn.Module):
     """Base class: subclasses build the trunk and implement ``forward_trunk`` and ``pool``.
@@ -17,11 +29,16 @@ class SpikingClassifier(nn.Module):
     can never leak membrane potential into the next batch.
     """
 
-    #: "image" models repeat a 4-D input T times; "events" models require a 5-D input.
-    input_kind = "image"
-
-    def __init__(self, num_classes: int, embed_dim: int, T: int):
+    def __init__(self, layout: str, num_classes: int, embed_dim: int, T: int, img_size: int | None,
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown {type(self).__name__} layout {layout!r}; choose one of {LAYOUTS}")
+        check_no_dropout(type(self).__name__, drop_rate, drop_path_rate)
         super().__init__()
+        self.layout = layout
+        #: "image" models repeat a 4-D input T times; "events" models require a 5-D input.
+        self.input_kind = "events" if layout == "dvs" else "image"
+        self.img_size = img_size
         self.num_classes = num_classes
         self.num_features = self.embed_dim = embed_dim
         self.T = T

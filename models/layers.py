@@ -223,13 +223,3 @@ class Residual(nn.Module):
         for name in self.residual_names:
             x = x + self._modules[name](x)
         return x
-
-
-def check_no_dropout(family: str, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
-    """The originals accept drop rates but never apply them; refuse rather than ignore."""
-    if drop_rate or drop_path_rate:
-        raise ValueError(
-            f"{family} has no dropout or stochastic depth: the original code accepts "
-            f"drop_rate/drop_path_rate but never applies them (its training scripts pass 0.1-0.2 "
-            f"with no effect). Omit them or pass 0 (got drop_rate={drop_rate}, "
-            f"drop_path_rate={drop_path_rate}).")

@@ -28,10 +28,8 @@ import torch
 import torch.nn as nn
 
 from .base import SpikingClassifier
-from .layers import ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, check_no_dropout
+from .layers import ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit
 from .neuron import lif
-
-LAYOUTS = ("imagenet", "cifar", "dvs")
 
 
 class TokenQKAttention(nn.Module):
@@ -131,13 +129,7 @@ class QKFormer(SpikingClassifier):
                  num_classes: int = 1000, T: int = 4, img_size: int | None = None,
                  fix_tb_merge: bool = False, backend: str | None = None,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0):
-        if layout not in LAYOUTS:
-            raise ValueError(f"unknown QKFormer layout {layout!r}; choose one of {LAYOUTS}")
-        check_no_dropout("QKFormer", drop_rate, drop_path_rate)
-        super().__init__(num_classes, embed_dim, T)
-        self.input_kind = "events" if layout == "dvs" else "image"
-        self.layout = layout
-        self.img_size = img_size
+        super().__init__(layout, num_classes, embed_dim, T, img_size, drop_rate, drop_path_rate)
         e = embed_dim
         if layout == "dvs":
             widths, depths = (e // 2, e), (1, depth - 1)

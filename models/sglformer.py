@@ -26,11 +26,8 @@ import torch
 import torch.nn as nn
 
 from .base import SpikingClassifier
-from .layers import (ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, check_no_dropout,
-                     max_pool, spike_attention)
+from .layers import ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, max_pool, spike_attention
 from .neuron import lif
-
-LAYOUTS = ("imagenet", "cifar", "dvs")
 
 
 class Conv3x3(nn.Module):
@@ -197,15 +194,10 @@ class SGLFormer(SpikingClassifier):
                  num_classes: int = 10, T: int = 4, img_size: int | None = None,
                  stem_pool: str = "late", fix_tb_merge: bool = False, backend: str | None = None,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0):
-        if layout not in LAYOUTS:
-            raise ValueError(f"unknown SGLFormer layout {layout!r}; choose one of {LAYOUTS}")
         if stem_pool not in ("early", "late"):
             raise ValueError(f"stem_pool must be 'early' or 'late', not {stem_pool!r}")
-        check_no_dropout("SGLFormer", drop_rate, drop_path_rate)
-        super().__init__(num_classes, embed_dim, T)
-        self.input_kind = "events" if layout == "dvs" else "image"
-        self.layout = layout
-        self.img_size = img_size = img_size or {"imagenet": 224, "cifar": 32, "dvs": 128}[layout]
+        img_size = img_size or {"imagenet": 224, "cifar": 32, "dvs": 128}.get(layout)
+        super().__init__(layout, num_classes, embed_dim, T, img_size, drop_rate, drop_path_rate)
         e = embed_dim
         if layout == "imagenet":
             if depth < 3:

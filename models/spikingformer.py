@@ -24,9 +24,7 @@ import torch
 import torch.nn as nn
 
 from .base import SpikingClassifier
-from .layers import ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, check_no_dropout
-
-LAYOUTS = ("imagenet", "cifar", "dvs")
+from .layers import ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit
 
 
 def _tokenizer(layout: str, in_chans: int, e: int, tau: float) -> ConvUnits:
@@ -52,13 +50,7 @@ class Spikingformer(SpikingClassifier):
                  num_heads: int = 12, mlp_ratio: float = 4.0, in_chans: int = 3,
                  num_classes: int = 1000, T: int = 4, img_size: int | None = None,
                  backend: str | None = None, drop_rate: float = 0.0, drop_path_rate: float = 0.0):
-        if layout not in LAYOUTS:
-            raise ValueError(f"unknown Spikingformer layout {layout!r}; choose one of {LAYOUTS}")
-        check_no_dropout("Spikingformer", drop_rate, drop_path_rate)
-        super().__init__(num_classes, embed_dim, T)
-        self.input_kind = "events" if layout == "dvs" else "image"
-        self.layout = layout
-        self.img_size = img_size
+        super().__init__(layout, num_classes, embed_dim, T, img_size, drop_rate, drop_path_rate)
         tau = 1.5 if layout == "dvs" else 2.0
         self.patch_embed = _tokenizer(layout, in_chans, embed_dim, tau)
         self.block = nn.ModuleList(
