@@ -217,6 +217,7 @@ class Residual(nn.Module):
         super().__init__()
         for name, module in parts.items():
             setattr(self, name, module)
+        self.unused_names = tuple(unused)
         self.residual_names = tuple(n for n in parts if n not in unused)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

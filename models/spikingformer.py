@@ -43,13 +43,16 @@ class Spikingformer(SpikingClassifier):
         layout: ``"imagenet"``, ``"cifar"`` or ``"dvs"`` (see the module docstring).
         embed_dim, depth, num_heads, mlp_ratio: width, blocks, heads, MLP expansion.
         in_chans, num_classes, T: input channels, classes, time steps for image input.
+        fix_tb_merge: accepted for a uniform interface with the other families; Spikingformer
+            has no LIF over merged T and B, so it changes nothing.
         backend: LIF backend, ``"auto"``/``"torch"``/``"cupy"`` (None: $SNN_LIF_BACKEND).
     """
 
     def __init__(self, layout: str = "imagenet", embed_dim: int = 384, depth: int = 8,
                  num_heads: int = 12, mlp_ratio: float = 4.0, in_chans: int = 3,
                  num_classes: int = 1000, T: int = 4, img_size: int | None = None,
-                 backend: str | None = None, drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+                 fix_tb_merge: bool = False, backend: str | None = None,
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0):
         super().__init__(layout, num_classes, embed_dim, T, img_size, drop_rate, drop_path_rate)
         tau = 1.5 if layout == "dvs" else 2.0
         self.patch_embed = _tokenizer(layout, in_chans, embed_dim, tau)

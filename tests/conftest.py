@@ -1,5 +1,4 @@
 """Shared test setup: the repository root on sys.path, and the neuron backend pinned to torch."""
-import os
 import sys
 from pathlib import Path
 

@@ -1,0 +1,102 @@
+"""Training checkpoints: written atomically, complete enough to resume exactly.
+
+``last.pth`` is rewritten after every epoch and ``best.pth`` whenever the validation top-1
+improves. Each write goes to a temporary file in the same folder, is flushed to disk, and then
+atomically renamed over the old file, so a run killed at any moment leaves either the previous
+checkpoint or the new one, never a torn file.
+
+Contents: ``model`` (the bare model's state dict, the key the original ImageNet/DVS scripts
+and :func:`models.load_checkpoint` use), ``model_ema``, ``optimizer``, ``scheduler``, ``scaler``,
+``epoch`` (last completed), ``best_top1``/``best_epoch``, ``config`` (a plain dict) and ``rng``.
+Only tensors and builtins, so they load with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import CheckpointError, safe_load
+
+from .config import ConfigError
+
+# Config keys that change the model; resuming with different values cannot work.
+MODEL_KEYS = ("model", "T", "embed_dim", "depth", "num_heads", "mlp_ratio", "img_size", "num_classes",
+              "fix_tb_merge", "dataset")
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def training_state(model, model_ema, optimizer, scheduler, scaler, epoch: int, best: tuple[float, int],
+                   config: dict) -> dict:
+    return {"model": model.state_dict(),
+            "model_ema": model_ema.module.state_dict() if model_ema is not None else None,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "epoch": epoch, "best_top1": best[0], "best_epoch": best[1],
+            "config": config, "rng": rng_state()}
+
+
+def find_resume(cfg) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run.
+
+    A fresh run refuses to start in a run directory that already holds a checkpoint, so no
+    finished or interrupted run is overwritten by accident.
+    """
+    last = cfg.run_dir() / "last.pth"
+    if cfg.resume is None:
+        if last.exists():
+            raise ConfigError(f"{cfg.run_dir()} already holds a checkpoint (last.pth). Pass --resume auto "
+                                  f"to continue that run, or --experiment NAME / --output DIR for a new one.")
+        return None
+    if cfg.resume == "auto":
+        return last if last.exists() else None
+    path = Path(cfg.resume)
+    if not path.is_file():
+        raise ConfigError(f"--resume {path}: no such checkpoint")
+    return path
+
+
+def load_training_state(path: Path, cfg) -> dict:
+    state = safe_load(path)
+    if not isinstance(state, dict) or "optimizer" not in state or "config" not in state:
+        raise CheckpointError(f"{path} is not a training checkpoint of this engine (no optimizer/config); "
+                         f"to start from its weights use --initial-checkpoint instead of --resume")
+    saved, now = state["config"], cfg.to_dict()
+    diff = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in MODEL_KEYS if saved.get(k) != now.get(k)]
+    if diff:
+        raise CheckpointError(f"cannot resume {path}: it was trained with a different model or dataset "
+                         f"({'; '.join(diff)})")
+    return state

@@ -1,0 +1,60 @@
+"""Command lines of the per-dataset ``train.py``/``test.py`` scripts.
+
+Errors a user can fix (bad config, missing data, unusable checkpoint, NaN loss) are printed
+as one line, ``error: ...``, with exit status 2; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from models import CheckpointError
+
+from .config import ConfigError, build_parser, load_yaml, make_config, resolve_config_path
+from .data import DataError
+from .train_loop import NonFiniteLoss
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLoss)
+
+
+def _parser(description: str) -> argparse.ArgumentParser:
+    parser = build_parser(description)
+    # torch.distributed.launch passes --local_rank (torch < 2) or --local-rank (torch >= 2).
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def _config(args, script: str, default_config: str):
+    script_dir = Path(script).resolve().parent
+    return make_config(load_yaml(resolve_config_path(args.config, script_dir, default_config)), vars(args))
+
+
+def _run(fn):
+    warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
+    try:
+        return fn()
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def train_main(script: str, default_config: str, description: str) -> None:
+    """``train.py``: ``python train.py [-c CONFIG.yml] [--key value ...]``."""
+    from .trainer import train
+    args = _parser(description).parse_args()
+    _run(lambda: train(_config(args, script, default_config), local_rank=args.local_rank))
+
+
+def test_main(script: str, default_config: str, description: str) -> None:
+    """``test.py``: ``python test.py --checkpoint PATH [-c CONFIG.yml] [--key value ...]``."""
+    from .tester import test
+    parser = _parser(description)
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint to evaluate: ours (last.pth/best.pth) or an original repository's")
+    parser.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights in the checkpoint")
+    parser.add_argument("--save-json", default=None, metavar="PATH", help="also write the results here")
+    args = parser.parse_args()
+    _run(lambda: test(_config(args, script, default_config), args.checkpoint, args.use_ema, args.save_json,
+                      local_rank=args.local_rank))

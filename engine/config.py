@@ -1,0 +1,235 @@
+"""Run configuration: one flat set of keys, from YAML and then the command line.
+
+Precedence: field defaults < the YAML file (``-c``) < command-line flags. Every key of the
+dataclass below can be set in YAML (``lr: 1e-3``) and on the command line (``--lr 1e-3``,
+dashes or underscores). An unknown YAML key is an error that lists the valid keys, so a typo
+can never silently fall back to a default.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user has to fix; the message says how."""
+
+
+@dataclass
+class Config:
+    # --- what to train --------------------------------------------------------------------
+    model: str = "qkformer_cifar_4_384"        # a name from models.VARIANTS
+    T: Optional[int] = None                    # time steps (None: the variant's default)
+    embed_dim: Optional[int] = None            # None: the variant's default, likewise below
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    mlp_ratio: Optional[float] = None
+    img_size: Optional[int] = None
+    num_classes: Optional[int] = None          # None: from the dataset
+    fix_tb_merge: bool = False                 # fix the upstream LIF-over-T*B bug (README)
+    lif_backend: Optional[str] = None          # auto | torch | cupy (None: $SNN_LIF_BACKEND or auto)
+    initial_checkpoint: Optional[str] = None   # start from these weights (fine-tuning)
+
+    # --- data -----------------------------------------------------------------------------
+    dataset: str = "cifar10"                   # cifar10 | cifar100 | fake
+    data_dir: str = "data"                     # folder holding cifar-10-batches-py / cifar-100-python
+    download: bool = False                     # let torchvision download the dataset
+    workers: int = 4
+    batch_size: int = 64
+    val_batch_size: int = 64
+    pin_memory: bool = True
+
+    # --- augmentation (timm) ---------------------------------------------------------------
+    mean: Optional[list[float]] = None         # None: the variant's normalisation
+    std: Optional[list[float]] = None
+    interpolation: str = "bicubic"
+    train_interpolation: str = "bicubic"
+    crop_pct: float = 1.0
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    hflip: float = 0.5
+    vflip: float = 0.0
+    color_jitter: Optional[float] = 0.4        # ignored by timm when aa is set
+    aa: Optional[str] = None                   # RandAugment/AutoAugment string, e.g. rand-m9-n1-mstd0.4-inc1
+    reprob: float = 0.0                        # random erasing probability
+    remode: str = "const"
+    recount: int = 1
+    mixup: float = 0.0                         # mixup alpha; mixup/cutmix active if either > 0
+    cutmix: float = 0.0
+    cutmix_minmax: Optional[list[float]] = None
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: str = "batch"
+    mixup_off_epoch: int = 0                   # turn mixup/cutmix off from this epoch (0: never)
+    smoothing: float = 0.1                     # label smoothing
+
+    # --- optimisation ---------------------------------------------------------------------
+    opt: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    opt_eps: Optional[float] = None
+    opt_betas: Optional[list[float]] = None
+    clip_grad: Optional[float] = None
+    clip_mode: str = "norm"
+    accum_iter: int = 1                        # gradient accumulation steps per optimizer step
+    sched: str = "cosine"
+    epochs: int = 300
+    warmup_epochs: int = 0
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    cooldown_epochs: int = 0                   # extra epochs at min_lr after the schedule
+    decay_rate: float = 0.1
+    decay_epochs: float = 30                   # step schedule only
+    warmup_prefix: bool = False                # cosine starts after warmup (MAE) instead of at 0 (timm)
+    sched_on_updates: bool = False             # step the schedule every update, not every epoch
+    amp: bool = True                           # mixed precision on CUDA (ignored on CPU)
+    amp_dtype: str = "float16"                 # float16 (with loss scaling) | bfloat16
+    model_ema: bool = False
+    model_ema_decay: float = 0.9998
+
+    # --- run ------------------------------------------------------------------------------
+    seed: int = 42
+    device: str = "auto"                       # auto | cpu | cuda | cuda:N
+    output: str = "output"                     # runs go to <output>/<experiment>
+    experiment: Optional[str] = None           # None: <dataset>-<model>
+    resume: Optional[str] = None               # a checkpoint, or "auto": <run dir>/last.pth
+    log_interval: int = 50                     # steps between log lines when no progress bar
+    tensorboard: bool = True
+    progress: bool = True                      # progress bars (only on a terminal)
+
+    def run_dir(self) -> Path:
+        return Path(self.output) / (self.experiment or f"{self.dataset}-{self.model}")
+
+    def model_overrides(self) -> dict[str, Any]:
+        """Arguments for ``timm.create_model`` that this config sets explicitly."""
+        keys = ("T", "embed_dim", "depth", "num_heads", "mlp_ratio", "img_size", "num_classes")
+        out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        out["fix_tb_merge"] = self.fix_tb_merge
+        out["backend"] = self.lif_backend
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in fields(Config)}
+
+
+def _check_keys(values: dict[str, Any], where: str) -> None:
+    for key in values:
+        if key not in FIELDS:
+            close = difflib.get_close_matches(key, FIELDS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: unknown config key '{key}'{hint}. "
+                              f"Valid keys: {', '.join(sorted(FIELDS))}")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """YAML gives '1e-3' as a string and ints for floats; convert to the field's type."""
+    if value is None:
+        return None
+    kind = FIELDS[name].type.replace("Optional[", "").rstrip("]")
+    try:
+        if kind == "float":
+            return float(value)
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() in ("true", "yes", "1", "on"):
+                    return True
+                if value.lower() in ("false", "no", "0", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if kind.startswith("list"):
+            items = value if isinstance(value, (list, tuple)) else [value]
+            return [float(v) for v in items]
+        if kind == "str":
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key '{name}' expects {kind}, got {value!r}") from None
+    return value
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+    _check_keys(values, str(path))
+    return {k: _coerce(k, v) for k, v in values.items()}
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """One flag per config key (``--lr``, ``--data-dir``...), plus ``-c/--config``."""
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-c", "--config", help="YAML file with config keys (path, or a name next to the script)")
+    group = parser.add_argument_group("config keys (override the YAML file)")
+    for f in fields(Config):
+        flags = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
+        kind = f.type.replace("Optional[", "").rstrip("]")
+        if kind == "bool":
+            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif kind.startswith("list"):
+            group.add_argument(*flags, dest=f.name, nargs="+", default=None, metavar="V")
+        else:
+            group.add_argument(*flags, dest=f.name, default=None, metavar=kind.upper())
+    return parser
+
+
+def resolve_config_path(name: str | None, script_dir: Path, default: str) -> Path:
+    """``-c`` as given, else relative to the script's folder; the script's default if absent."""
+    if name is None:
+        return script_dir / default
+    path = Path(name)
+    if path.is_file() or path.is_absolute():
+        return path
+    return script_dir / name
+
+
+def make_config(yaml_values: dict[str, Any], cli_values: dict[str, Any]) -> Config:
+    values = dict(yaml_values)
+    for key, value in cli_values.items():
+        if value is not None and key in FIELDS:
+            values[key] = _coerce(key, value)
+    for key, value in values.items():
+        if value is not None:
+            values[key] = _coerce(key, value)
+    if isinstance(values.get("aa"), str) and values["aa"].lower() in ("none", ""):
+        values["aa"] = None
+    if isinstance(values.get("resume"), str) and values["resume"].lower() in ("none", ""):
+        values["resume"] = None
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    if cfg.accum_iter < 1:
+        raise ConfigError(f"accum_iter must be >= 1, got {cfg.accum_iter}")
+    if cfg.batch_size < 1 or cfg.val_batch_size < 1:
+        raise ConfigError("batch_size and val_batch_size must be >= 1")
+    if cfg.amp_dtype not in ("float16", "bfloat16"):
+        raise ConfigError(f"amp_dtype must be float16 or bfloat16, got {cfg.amp_dtype!r}")
+    if cfg.epochs < 1:
+        raise ConfigError(f"epochs must be >= 1, got {cfg.epochs}")
+
+
+def dump(cfg: Config, path: str | os.PathLike) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)

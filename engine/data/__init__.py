@@ -1,0 +1,38 @@
+"""Datasets by name. Each entry builds the train or validation split with its transform."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .cifar import build_cifar
+from .errors import DataError
+from .fake import FakeImages
+from .transforms import image_transform
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    num_classes: int
+    build: Callable  # (cfg, train, transform, input_size) -> Dataset
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec(10, lambda cfg, train, tf, size: build_cifar("cifar10", cfg.data_dir, train, tf, cfg.download)),
+    "cifar100": DatasetSpec(100, lambda cfg, train, tf, size: build_cifar("cifar100", cfg.data_dir, train, tf, cfg.download)),
+    "fake": DatasetSpec(10, lambda cfg, train, tf, size: FakeImages(train, cfg.num_classes or 10, size[-1], tf, cfg.seed)),
+}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def build_dataset(cfg, train: bool, input_size, mean, std):
+    """The train or validation split of ``cfg.dataset`` with timm transforms."""
+    transform = image_transform(cfg, train, input_size, mean, std)
+    return dataset_spec(cfg.dataset).build(cfg, train, transform, input_size)
+
+
+__all__ = ["DATASETS", "DataError", "build_dataset", "dataset_spec"]

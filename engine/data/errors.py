@@ -1,0 +1,2 @@
+class DataError(RuntimeError):
+    """A dataset that is missing or malformed; the message names the path and the fix."""

@@ -1,0 +1,81 @@
+"""Where a run reports: console, ``log.txt``, ``metrics.jsonl``, TensorBoard, progress bars.
+
+Only the main process (rank 0) writes anything; other ranks get a silent logger.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path | None, enabled: bool = True, tensorboard: bool = True,
+                 progress: bool = True, log_interval: int = 50):
+        self.enabled = enabled
+        self.run_dir = run_dir
+        self.log_interval = max(1, log_interval)
+        # Progress bars only on an interactive terminal; in logs, periodic lines instead.
+        self.use_bar = enabled and progress and sys.stderr.isatty()
+        self.writer = None
+        if enabled and run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def info(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        if self.run_dir is not None:
+            with open(self.run_dir / "log.txt", "a") as f:
+                f.write(line + "\n")
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+
+    def epoch_record(self, record: dict) -> None:
+        if self.enabled and self.run_dir is not None:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            self.writer.flush()
+
+    def progress(self, iterable, total: int, desc: str):
+        """Iterate with a tqdm bar (terminal) or with a log line every ``log_interval`` steps."""
+        if self.use_bar:
+            return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False)
+        return _Periodic(iterable, total, desc, self if self.enabled else None, self.log_interval)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _Periodic:
+    """Stand-in for tqdm in non-interactive runs: a line with rate and ETA now and then."""
+
+    def __init__(self, iterable, total: int, desc: str, logger: RunLogger | None, every: int):
+        self.iterable, self.total, self.desc, self.logger, self.every = iterable, total, desc, logger, every
+        self.postfix = ""
+
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = text
+
+    def __iter__(self):
+        start = time.time()
+        for i, item in enumerate(self.iterable):
+            yield item
+            done = i + 1
+            if self.logger is not None and (done % self.every == 0 or done == self.total):
+                elapsed = time.time() - start
+                eta = elapsed / done * (self.total - done)
+                self.logger.info(f"{self.desc} [{done}/{self.total}] {self.postfix} "
+                                 f"{elapsed:.0f}s elapsed, ETA {eta:.0f}s")

@@ -1,0 +1,122 @@
+"""One training epoch and one evaluation pass (the ``engine_finetune`` of MAE/DeiT, for SNNs).
+
+Spiking specifics: neuron state is reset after every micro-batch (as all three originals do,
+freeing the autograd graph the membrane potentials hold), and a non-finite loss stops the run
+at once with a message instead of training on NaNs.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.utils import dispatch_clip_grad
+
+from models import reset_net
+
+from .distributed import all_reduce_sum
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+@dataclass
+class Precision:
+    """Autocast settings: fp16 with loss scaling or bf16 on CUDA, float32 elsewhere."""
+    device: torch.device
+    enabled: bool
+    dtype: torch.dtype
+
+    @classmethod
+    def from_config(cls, cfg, device: torch.device) -> "Precision":
+        enabled = bool(cfg.amp) and device.type == "cuda"
+        return cls(device, enabled, torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16)
+
+    def autocast(self):
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        # Loss scaling is needed for float16 only; a disabled scaler is a pass-through.
+        return torch.amp.GradScaler(self.device.type, enabled=self.enabled and self.dtype == torch.float16)
+
+
+def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Precision, epoch: int, cfg,
+                    scheduler=None, model_ema=None, mixup_fn=None, progress=None,
+                    update_offset: int = 0) -> dict:
+    """Train one epoch with ``cfg.accum_iter`` micro-batches per optimizer step."""
+    model.train()
+    device = precision.device
+    accum = cfg.accum_iter
+    updates_per_epoch = len(loader) // accum
+    num_updates = update_offset + epoch * updates_per_epoch
+    loss_sum, seen = torch.zeros((), device=device, dtype=torch.float64), 0
+    optimizer.zero_grad(set_to_none=True)
+    batches = progress if progress is not None else loader
+    for step, (images, targets) in enumerate(batches):
+        if step >= updates_per_epoch * accum:
+            break  # leftover micro-batches that would not complete an update
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if mixup_fn is not None:
+            images, targets = mixup_fn(images, targets)
+        update = (step + 1) % accum == 0
+        # DDP: synchronise gradients only on the micro-batch that completes an update.
+        sync = model.no_sync() if (hasattr(model, "no_sync") and not update) else contextlib.nullcontext()
+        with sync:
+            with precision.autocast():
+                output = model(images)
+                loss = criterion(output, targets)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLoss(f"loss is {loss_value} at epoch {epoch}, step {step}")
+            scaler.scale(loss / accum).backward()
+        reset_net(model)
+        if update:
+            if cfg.clip_grad is not None:
+                scaler.unscale_(optimizer)
+                dispatch_clip_grad(model.parameters(), value=cfg.clip_grad, mode=cfg.clip_mode)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            num_updates += 1
+            if model_ema is not None:
+                model_ema.update(getattr(model, "module", model), step=num_updates)
+            if scheduler is not None:
+                scheduler.step_update(num_updates=num_updates)
+        loss_sum += loss_value * images.shape[0]
+        seen += images.shape[0]
+        if progress is not None and hasattr(progress, "set_postfix_str"):
+            progress.set_postfix_str(f"loss {loss_value:.4f} lr {optimizer.param_groups[-1]['lr']:.3e}")
+    totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(seen), device=device, dtype=torch.float64)]))
+    return {"loss": (totals[0] / totals[1]).item(), "lr": optimizer.param_groups[-1]["lr"],
+            "updates": num_updates}
+
+
+@torch.no_grad()
+def evaluate(model, loader, precision: Precision, progress=None) -> dict:
+    """Cross-entropy loss, top-1 and top-5 accuracy (%) over the whole split, all processes."""
+    model.eval()
+    device = precision.device
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top1, top5, count
+    for images, targets in (progress if progress is not None else loader):
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with precision.autocast():
+            output = model(images)
+        reset_net(model)
+        output = output.float()
+        k = min(5, output.shape[1])
+        top = output.topk(k, dim=1).indices
+        correct = top.eq(targets[:, None])
+        sums += torch.stack([F.cross_entropy(output, targets, reduction="sum").double(),
+                             correct[:, :1].sum().double(), correct.sum().double(),
+                             torch.tensor(float(len(targets)), device=device, dtype=torch.float64)])
+    sums = all_reduce_sum(sums)
+    n = max(sums[3].item(), 1.0)
+    return {"loss": sums[0].item() / n, "top1": 100 * sums[1].item() / n, "top5": 100 * sums[2].item() / n,
+            "samples": int(sums[3].item())}

@@ -1,0 +1,186 @@
+"""The training run: build everything from a :class:`Config`, loop over epochs, checkpoint.
+
+Used by every dataset's ``train.py``. The run directory (``<output>/<experiment>``) receives
+``config.yaml``, ``log.txt``, ``metrics.jsonl``, ``tensorboard/``, ``last.pth`` and ``best.pth``.
+"""
+from __future__ import annotations
+
+import time
+
+import timm
+import torch
+import torch.nn as nn
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
+
+import models
+
+from . import distributed
+from .checkpoint import find_resume, load_training_state, save_atomic, set_rng_state, training_state
+from .config import Config, ConfigError, dump
+from .data import build_dataset, dataset_spec
+from .loader import epoch_seed, eval_loader, seed_everything, train_loader
+from .logger import RunLogger
+from .optim import build_optimizer, build_scheduler
+from .train_loop import NonFiniteLoss, Precision, evaluate, train_one_epoch
+
+
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    overrides = cfg.model_overrides()
+    overrides["num_classes"] = num_classes
+    if cfg.model not in models.VARIANTS:
+        raise ConfigError(f"unknown model {cfg.model!r}; choose one of {', '.join(models.VARIANTS)}")
+    try:
+        return timm.create_model(cfg.model, **overrides)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(f"cannot build {cfg.model} with {overrides}: {exc}") from None
+
+
+def data_settings(cfg: Config, model: nn.Module) -> tuple[tuple, tuple, tuple]:
+    """Input size, mean and std: the variant's, overridden by ``img_size``/``mean``/``std``."""
+    pcfg = model.pretrained_cfg
+    size = cfg.img_size or pcfg["input_size"][-1]
+    input_size = (pcfg["input_size"][0], size, size)
+    return input_size, tuple(cfg.mean or pcfg["mean"]), tuple(cfg.std or pcfg["std"])
+
+
+def build_criterion(cfg: Config):
+    if mixup_active(cfg):
+        return SoftTargetCrossEntropy()  # mixup produces smoothed soft targets
+    if cfg.smoothing:
+        return LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def mixup_active(cfg: Config) -> bool:
+    return cfg.mixup > 0 or cfg.cutmix > 0 or cfg.cutmix_minmax is not None
+
+
+def build_mixup(cfg: Config, num_classes: int) -> Mixup | None:
+    if not mixup_active(cfg):
+        return None
+    if cfg.batch_size % 2:
+        raise ConfigError(f"mixup/cutmix need an even batch size, got {cfg.batch_size}")
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax,
+                 prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
+                 label_smoothing=cfg.smoothing, num_classes=num_classes)
+
+
+def has_unused_parameters(model: nn.Module) -> bool:
+    return any(getattr(m, "unused_names", ()) for m in model.modules())
+
+
+def train(cfg: Config, local_rank: int | None = None) -> dict:
+    info = distributed.init(cfg.device, local_rank)
+    run_dir = cfg.run_dir()
+    resume_path = find_resume(cfg)
+    log = RunLogger(run_dir, enabled=info.is_main, tensorboard=cfg.tensorboard, progress=cfg.progress,
+                    log_interval=cfg.log_interval)
+    try:
+        return _train(cfg, info, log, resume_path)
+    finally:
+        log.close()
+        distributed.cleanup()
+
+
+def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
+    seed_everything(cfg.seed + info.rank)
+    num_classes = cfg.num_classes or dataset_spec(cfg.dataset).num_classes
+    model = build_model(cfg, num_classes)
+    if cfg.initial_checkpoint and resume_path is None:
+        models.load_checkpoint(model, cfg.initial_checkpoint)
+        log.info(f"initial weights: {cfg.initial_checkpoint}")
+    input_size, mean, std = data_settings(cfg, model)
+    train_set = build_dataset(cfg, True, input_size, mean, std)
+    val_set = build_dataset(cfg, False, input_size, mean, std)
+    loader, val_loader = train_loader(cfg, train_set, info), eval_loader(cfg, val_set, info)
+
+    model.to(info.device)
+    model_ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+    net = model
+    if info.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+            find_unused_parameters=has_unused_parameters(model))
+    precision = Precision.from_config(cfg, info.device)
+    optimizer = build_optimizer(cfg, model)
+    updates_per_epoch = len(loader) // cfg.accum_iter
+    if updates_per_epoch == 0:
+        raise ConfigError(f"accum_iter {cfg.accum_iter} is larger than the {len(loader)} batches of an epoch")
+    scheduler, total_epochs = build_scheduler(cfg, optimizer, updates_per_epoch)
+    scaler = precision.scaler()
+    criterion = build_criterion(cfg)
+    mixup_fn = build_mixup(cfg, num_classes)
+
+    start_epoch, best = 0, (-1.0, -1)
+    if resume_path is not None:
+        state = load_training_state(resume_path, cfg)
+        model.load_state_dict(state["model"])
+        if model_ema is not None and state.get("model_ema") is not None:
+            model_ema.module.load_state_dict(state["model_ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start_epoch, best = state["epoch"] + 1, (state["best_top1"], state["best_epoch"])
+        log.info(f"resumed from {resume_path} (epoch {state['epoch']} done, best top-1 {best[0]:.2f})")
+
+    if info.is_main:
+        dump(cfg, cfg.run_dir() / "config.yaml")
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info(f"{cfg.model}: {n_params:,} parameters, T={model.T}, {num_classes} classes, "
+             f"input {input_size}, device {info.device} x{info.world_size}, "
+             f"precision {precision.dtype if precision.enabled else torch.float32}")
+    log.info(f"data: {cfg.dataset} train {len(train_set)} / val {len(val_set)}; "
+             f"{len(loader)} steps per epoch; effective batch "
+             f"{cfg.batch_size * cfg.accum_iter * info.world_size}; {total_epochs} epochs "
+             f"({cfg.epochs} + {cfg.cooldown_epochs} cooldown)")
+
+    last_val = {}
+    for epoch in range(start_epoch, total_epochs):
+        started = time.time()
+        seed_everything(epoch_seed(cfg.seed, epoch, info.rank))
+        loader.sampler.set_epoch(epoch)
+        if mixup_fn is not None and cfg.mixup_off_epoch and epoch >= cfg.mixup_off_epoch:
+            mixup_fn.mixup_enabled = False
+        bar = log.progress(loader, len(loader), f"train {epoch}/{total_epochs - 1}")
+        try:
+            train_stats = train_one_epoch(net, loader, optimizer, criterion, scaler, precision, epoch,
+                                          cfg, scheduler, model_ema, mixup_fn, bar)
+        except NonFiniteLoss as exc:
+            kept = "no checkpoint was written yet" if best[1] < 0 and start_epoch == epoch == 0 else \
+                f"{cfg.run_dir() / 'last.pth'} (epoch {epoch - 1}) is the last good checkpoint"
+            raise NonFiniteLoss(f"{exc}; stopped, {kept}. Lower --lr, set --clip-grad, or train "
+                                f"without float16 (--no-amp or --amp-dtype bfloat16).") from None
+        val = evaluate(net, val_loader, precision, log.progress(val_loader, len(val_loader), f"val {epoch}"))
+        record = {"epoch": epoch, "train_loss": train_stats["loss"], "lr": train_stats["lr"],
+                  **{f"val_{k}": v for k, v in val.items()}}
+        metric = val
+        if model_ema is not None:
+            ema_val = evaluate(model_ema.module, val_loader, precision)
+            record.update({f"ema_val_{k}": v for k, v in ema_val.items()})
+            metric = ema_val  # as upstream: the EMA weights decide "best" when EMA is on
+        if not torch.isfinite(torch.tensor(metric["loss"])):
+            raise NonFiniteLoss(f"validation loss is {metric['loss']} after epoch {epoch}; stopped, "
+                                f"{cfg.run_dir() / 'last.pth'} (epoch {epoch - 1}) is the last good checkpoint")
+        scheduler.step(epoch + 1, metric["top1"])
+        improved = metric["top1"] > best[0]
+        if improved:
+            best = (metric["top1"], epoch)
+        record.update(best_top1=best[0], best_epoch=best[1], epoch_time=time.time() - started)
+        if info.is_main:
+            state = training_state(model, model_ema, optimizer, scheduler, scaler, epoch, best, cfg.to_dict())
+            save_atomic(state, cfg.run_dir() / "last.pth")
+            if improved:
+                save_atomic(state, cfg.run_dir() / "best.pth")
+        distributed.barrier()
+        log.scalars({"train/loss": train_stats["loss"], "train/lr": train_stats["lr"],
+                     "val/loss": metric["loss"], "val/top1": metric["top1"], "val/top5": metric["top5"]}, epoch)
+        log.epoch_record(record)
+        log.info(f"epoch {epoch}: train loss {train_stats['loss']:.4f}, val loss {metric['loss']:.4f}, "
+                 f"top-1 {metric['top1']:.2f}, top-5 {metric['top5']:.2f} (best {best[0]:.2f} @ {best[1]}), "
+                 f"{record['epoch_time']:.0f}s")
+        last_val = metric
+    log.info(f"done: best top-1 {best[0]:.2f} at epoch {best[1]}; checkpoints in {cfg.run_dir()}")
+    return {"best_top1": best[0], "best_epoch": best[1], "last": last_val, "run_dir": str(cfg.run_dir())}

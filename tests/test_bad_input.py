@@ -1,0 +1,121 @@
+"""Every user mistake gets a one-line error that names the fix, and loses no data."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import models
+from conftest import ROOT
+from datasets import write_cifar10
+from engine import trainer
+from engine.config import ConfigError
+from engine.data import DataError
+from engine.train_loop import NonFiniteLoss
+from test_cifar_training import config
+
+TRAIN = str(ROOT / "cifar10" / "train.py")
+TEST = str(ROOT / "cifar10" / "test.py")
+
+
+def run_cli(*args):
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+    return out.returncode, out.stderr.strip()
+
+
+def test_cli_errors_are_one_line_with_exit_status_2(tmp_path):
+    code, err = run_cli(TRAIN, "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path))
+    assert code == 2 and err.count("\n") == 0
+    assert err.startswith("error: cifar10: data dir") and "--download" in err
+
+    bad_yaml = tmp_path / "typo.yml"
+    bad_yaml.write_text("model: qkformer_cifar_4_384\nwarmup_epoch: 5\n")
+    code, err = run_cli(TRAIN, "-c", str(bad_yaml))
+    assert code == 2 and err.count("\n") == 0 and "did you mean 'warmup_epochs'" in err
+
+    code, err = run_cli(TRAIN, "--learning-rate", "0.1")   # not a config key: argparse's usage error
+    assert code == 2 and "unrecognized arguments: --learning-rate" in err
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_cifar10(tmp_path / "data")
+
+
+def test_dataset_layout_errors(data, tmp_path):
+    def build(data_dir):
+        trainer.train(config("cifar10", data_dir, tmp_path / "out", epochs=1))
+
+    with pytest.raises(DataError, match="holds the batch files directly; pass its parent folder"):
+        build(data / "cifar-10-batches-py")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"cifar-10-batches-py not found\. Extract cifar-10-python\.tar\.gz"):
+        build(empty)
+    (data / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(DataError, match="is incomplete, missing data_batch_3"):
+        build(data)
+
+
+def test_modified_files_load_with_a_warning(data, tmp_path):
+    with pytest.warns(UserWarning, match="differ from the official release"):
+        trainer.train(config("cifar10", data, tmp_path / "out", epochs=1))
+
+
+def test_checkpoint_of_another_variant_lists_mismatched_keys(data, tmp_path):
+    other = models.build("spikingformer_cifar_4_384", embed_dim=32, num_heads=2, depth=2)
+    path = tmp_path / "spikingformer.pth"
+    torch.save({"state_dict": other.state_dict()}, path)  # upstream timm layout, no config inside
+    code, err = run_cli(TEST, "--checkpoint", str(path), "--data-dir", str(data), "--embed-dim", "32",
+                        "--depth", "3", "--workers", "0")
+    assert code == 2 and err.count("\n") == 0
+    assert "checkpoint does not fit QKFormer" in err and "keys missing from the checkpoint: patch_embed1" in err
+
+
+def test_existing_run_is_not_overwritten_and_resume_checks_the_model(data, tmp_path):
+    cfg = config("cifar10", data, tmp_path / "out", epochs=1)
+    trainer.train(cfg)
+    before = (cfg.run_dir() / "last.pth").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a checkpoint .* --resume auto"):
+        trainer.train(cfg)
+    assert (cfg.run_dir() / "last.pth").read_bytes() == before
+    with pytest.raises(models.CheckpointError, match=r"different model or dataset \(embed_dim: 32 -> 64\)"):
+        trainer.train(config("cifar10", data, tmp_path / "out", epochs=2, embed_dim=64, resume="auto"))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
+    real = trainer.build_criterion
+
+    def criterion_failing_in_epoch_1(cfg):
+        base, calls = real(cfg), {"n": 0}
+
+        def loss(output, target):
+            calls["n"] += 1
+            value = base(output, target)
+            return value * float("nan") if calls["n"] > 10 else value  # epoch 0 has 10 steps
+        return loss
+
+    monkeypatch.setattr(trainer, "build_criterion", criterion_failing_in_epoch_1)
+    cfg = config("cifar10", data, tmp_path / "out", epochs=3)
+    with pytest.raises(NonFiniteLoss, match=r"loss is nan at epoch 1, step 0; stopped, .*last\.pth \(epoch 0\) "
+                                            r"is the last good checkpoint\. Lower --lr"):
+        trainer.train(cfg)
+    kept = models.safe_load(cfg.run_dir() / "last.pth")
+    assert kept["epoch"] == 0 and all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+def test_atomic_save_leaves_old_checkpoint_intact(tmp_path, monkeypatch):
+    from engine.checkpoint import save_atomic
+    path = tmp_path / "last.pth"
+    save_atomic({"epoch": 1}, path)
+
+    def explode(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", explode)
+    with pytest.raises(OSError, match="disk full"):
+        save_atomic({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert models.safe_load(path) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]

@@ -1,0 +1,96 @@
+"""Engine pieces in isolation: schedule, samplers, precision, firing rates, augmentation shim."""
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+import models
+from conftest import ROOT
+from engine.config import load_yaml, make_config
+from engine.data.transforms import _posterize
+from engine.distributed import DistInfo
+from engine.firing import FiringRates
+from engine.loader import EpochShuffleSampler, ShardSampler
+from engine.optim import build_optimizer, build_scheduler
+from engine.train_loop import Precision
+
+
+def test_cifar_schedule_is_the_originals():
+    """timm 0.6 create_scheduler as the originals used it: per-epoch cosine over 400 epochs, linear
+    warmup from 1e-5 for 20 epochs (not a prefix), then 10 cooldown epochs at min_lr."""
+    cfg = make_config(load_yaml(ROOT / "cifar10" / "qkformer.yml"), {})
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer(cfg, model)
+    sched, total = build_scheduler(cfg, opt, updates_per_epoch=781)
+    assert total == 410
+    for epoch in range(total):
+        if epoch < 20:
+            expected = 1e-5 + epoch * (1e-3 - 1e-5) / 20
+        elif epoch < 400:
+            expected = 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * epoch / 400))
+        else:
+            expected = 1e-5
+        assert opt.param_groups[0]["lr"] == pytest_approx(expected), epoch
+        sched.step(epoch + 1)
+
+
+def pytest_approx(x):
+    import pytest
+    return pytest.approx(x, rel=1e-9, abs=1e-12)
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    cfg = make_config({"weight_decay": 0.06}, {})
+    model = models.build("qkformer_cifar_4_384", embed_dim=32, depth=3)
+    groups = build_optimizer(cfg, model).param_groups
+    decay = {id(p) for g in groups if g["weight_decay"] == 0.06 for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in decay) == (p.ndim > 1 and not name.endswith(".bias")), name
+
+
+def test_samplers():
+    shards = [list(ShardSampler(10, r, 3)) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(10))
+    s = EpochShuffleSampler(50, seed=1)
+    s.set_epoch(3)
+    first = list(s)
+    s.set_epoch(4)
+    assert list(s) != first and sorted(list(s)) == list(range(50))
+    s.set_epoch(3)
+    assert list(s) == first
+
+
+def test_precision_is_float32_on_cpu_even_if_amp_requested():
+    p = Precision.from_config(make_config({"amp": True}, {}), torch.device("cpu"))
+    assert not p.enabled and not p.scaler().is_enabled()
+    with p.autocast():
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_firing_rates_count_spikes_per_layer():
+    model = models.build("spikingformer_cifar_2_384", embed_dim=32, num_heads=2, T=2).eval()
+    x = torch.randn(3, 3, 16, 16)
+    outputs = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: outputs.__setitem__(n, o.mean().item()))
+             for n, m in model.named_modules() if isinstance(m, models.LIF)]
+    with FiringRates(model) as fr:
+        model(x)
+    for h in hooks:
+        h.remove()
+    rates = fr.rates()
+    assert list(rates) == list(outputs) and len(rates) == 4 + 2 * 7  # tokenizer, 2 blocks
+    assert all(abs(rates[n] - outputs[n]) < 1e-6 for n in rates)
+    assert not any(m._forward_hooks for m in model.modules() if isinstance(m, models.LIF))
+
+
+def test_posterize_zero_bits_is_black_like_old_pillow():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    assert np.asarray(_posterize(img, 0)).max() == 0
+    assert np.array_equal(np.asarray(_posterize(img, 2)), np.asarray(img) & 0b11000000)
+    assert _posterize(img, 8) is img
+
+
+def test_dist_info_defaults():
+    info = DistInfo()
+    assert info.is_main and not info.distributed and info.device.type == "cpu"
