@@ -12,7 +12,7 @@ from pathlib import Path
 
 from models import CheckpointError
 
-from .config import ConfigError, build_parser, load_yaml, make_config, resolve_config_path
+from .config import FIELDS, ConfigError, build_parser, load_yaml, make_config, resolve_config_path
 from .data import DataError
 from .train_loop import NonFiniteLoss
 
@@ -55,6 +55,10 @@ def test_main(script: str, default_config: str, description: str) -> None:
                         help="checkpoint to evaluate: ours (last.pth/best.pth) or an original repository's")
     parser.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights in the checkpoint")
     parser.add_argument("--save-json", default=None, metavar="PATH", help="also write the results here")
+    parser.add_argument("--resolutions", type=int, nargs="+", default=None, metavar="PX",
+                        help="evaluate at each of these input sizes, e.g. 224 288 384 (eval crop: 224/256 "
+                             "up to 224, full image above, unless --crop-pct is given)")
     args = parser.parse_args()
+    explicit = {k for k, v in vars(args).items() if v is not None and k in FIELDS}
     _run(lambda: test(_config(args, script, default_config), args.checkpoint, args.use_ema, args.save_json,
-                      local_rank=args.local_rank))
+                      local_rank=args.local_rank, explicit=explicit, resolutions=args.resolutions))

@@ -51,7 +51,7 @@ class Config:
     std: Optional[list[float]] = None
     interpolation: str = "bicubic"
     train_interpolation: str = "bicubic"
-    crop_pct: float = 1.0
+    crop_pct: Optional[float] = None          # eval resize = size / crop_pct; None: 224/256 up to 224, else 1 (MAE)
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip: float = 0.5
@@ -72,15 +72,18 @@ class Config:
 
     # --- optimisation ---------------------------------------------------------------------
     opt: str = "adamw"
-    lr: float = 1e-3
+    lr: Optional[float] = 1e-3                 # absolute learning rate; None: blr * effective batch / 256
+    blr: Optional[float] = None                # base learning rate of the MAE-style ImageNet scripts
     weight_decay: float = 0.05
     momentum: float = 0.9
     opt_eps: Optional[float] = None
     opt_betas: Optional[list[float]] = None
     clip_grad: Optional[float] = None
     clip_mode: str = "norm"
-    accum_iter: int = 1                        # gradient accumulation steps per optimizer step
-    sched: str = "cosine"
+    accum_iter: Optional[int] = None           # micro-batches per optimizer step (None: 1, or from effective_batch)
+    effective_batch: Optional[int] = None      # batch_size x accum_iter x processes; sets accum_iter for you
+    layer_decay: float = 1.0                   # only 1.0 (all published runs; see README)
+    sched: str = "cosine"                      # timm scheduler name, or mae_cosine (per-update, MAE/DeiT)
     epochs: int = 300
     warmup_epochs: int = 0
     warmup_lr: float = 1e-6
@@ -104,6 +107,28 @@ class Config:
     log_interval: int = 50                     # steps between log lines when no progress bar
     tensorboard: bool = True
     progress: bool = True                      # progress bars (only on a terminal)
+
+    def eval_crop_pct(self, img_size: int) -> float:
+        if self.crop_pct is not None:
+            return self.crop_pct
+        return 224 / 256 if img_size <= 224 else 1.0
+
+    def resolve_batching(self, world_size: int) -> tuple[int, float]:
+        """(accum_iter, absolute lr) for `world_size` processes, per the MAE rules."""
+        per_step = self.batch_size * world_size
+        accum = self.accum_iter or 1
+        if self.effective_batch is not None:
+            if self.effective_batch % per_step:
+                raise ConfigError(
+                    f"effective_batch {self.effective_batch} is not a multiple of batch_size {self.batch_size} x "
+                    f"{world_size} processes; change --batch-size or the number of processes")
+            derived = self.effective_batch // per_step
+            if self.accum_iter is not None and self.accum_iter != derived:
+                raise ConfigError(f"accum_iter {self.accum_iter} contradicts effective_batch {self.effective_batch} "
+                                  f"({self.batch_size} x {world_size} processes needs accum_iter {derived})")
+            accum = derived
+        lr = self.lr if self.lr is not None else self.blr * per_step * accum / 256
+        return accum, lr
 
     def run_dir(self) -> Path:
         return Path(self.output) / (self.experiment or f"{self.dataset}-{self.model}")
@@ -220,8 +245,12 @@ def make_config(yaml_values: dict[str, Any], cli_values: dict[str, Any]) -> Conf
 
 
 def validate(cfg: Config) -> None:
-    if cfg.accum_iter < 1:
+    if cfg.accum_iter is not None and cfg.accum_iter < 1:
         raise ConfigError(f"accum_iter must be >= 1, got {cfg.accum_iter}")
+    if cfg.lr is None and cfg.blr is None:
+        raise ConfigError("set a learning rate: lr (absolute) or blr (scaled by the effective batch / 256)")
+    if cfg.layer_decay != 1.0:
+        raise ConfigError("layer_decay other than 1.0 is not implemented (no published run uses it)")
     if cfg.batch_size < 1 or cfg.val_batch_size < 1:
         raise ConfigError("batch_size and val_batch_size must be >= 1")
     if cfg.amp_dtype not in ("float16", "bfloat16"):

@@ -1,9 +1,9 @@
 """Evaluate a checkpoint on the validation/test split: accuracy, loss, per-layer firing rates."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-
 
 import models
 from models.checkpoint import check_compatible, extract_state_dict
@@ -19,50 +19,57 @@ from .train_loop import Precision, evaluate
 from .trainer import build_model, data_settings
 
 
-def config_for_checkpoint(cfg: Config, checkpoint: dict) -> Config:
-    """Our checkpoints carry their config: take the model-defining keys from it."""
+def config_for_checkpoint(cfg: Config, checkpoint: dict, explicit: set[str] = frozenset()) -> Config:
+    """Our checkpoints carry their config: the model-defining keys come from it, unless given on
+    the command line (``explicit``), e.g. ``--img-size 384`` to evaluate at another resolution."""
     saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     if not isinstance(saved, dict):
         return cfg  # an original repository's checkpoint: the YAML/CLI config describes the model
     values = cfg.to_dict()
-    values.update({k: saved[k] for k in MODEL_KEYS if k in saved and k != "dataset"})
+    values.update({k: saved[k] for k in MODEL_KEYS if k in saved and k != "dataset" and k not in explicit})
     return Config(**values)
 
 
 def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: str | None = None,
-         local_rank: int | None = None) -> dict:
+         local_rank: int | None = None, explicit: set[str] = frozenset(),
+         resolutions: list[int] | None = None) -> list[dict]:
+    """Evaluate at ``cfg.img_size`` (or each of ``resolutions``); one result dict per resolution."""
     info = distributed.init(cfg.device, local_rank)
     log = RunLogger(None, enabled=info.is_main, tensorboard=False, progress=cfg.progress,
                     log_interval=cfg.log_interval)
     try:
         checkpoint = models.safe_load(checkpoint_path)
-        cfg = config_for_checkpoint(cfg, checkpoint)
+        cfg = config_for_checkpoint(cfg, checkpoint, explicit)
         seed_everything(cfg.seed)
-        num_classes = cfg.num_classes or dataset_spec(cfg.dataset).num_classes
+        num_classes = cfg.num_classes or dataset_spec(cfg.dataset).num_classes(cfg)
         model = build_model(cfg, num_classes)
         state_dict = extract_state_dict(checkpoint, use_ema=use_ema)
         check_compatible(model, state_dict)
         model.load_state_dict(state_dict)
-        input_size, mean, std = data_settings(cfg, model)
-        val_set = build_dataset(cfg, False, input_size, mean, std)
-        val_loader = eval_loader(cfg, val_set, info)
         model.to(info.device)
         precision = Precision.from_config(cfg, info.device)
-        with FiringRates(model) as firing:
-            metrics = evaluate(model, val_loader, precision, log.progress(val_loader, len(val_loader), "test"))
-        rates = firing.rates(info.device)
-        result = {"checkpoint": str(checkpoint_path), "ema": use_ema, "model": cfg.model, "dataset": cfg.dataset,
-                  "T": model.T, **metrics, "mean_firing_rate": sum(rates.values()) / max(len(rates), 1),
-                  "firing_rates": rates}
-        if info.is_main:
-            log.info(f"{cfg.model} on {cfg.dataset} ({metrics['samples']} images): top-1 {metrics['top1']:.2f}, "
-                     f"top-5 {metrics['top5']:.2f}, loss {metrics['loss']:.4f}")
-            print(format_rates(rates))
-            if save_json:
-                Path(save_json).parent.mkdir(parents=True, exist_ok=True)
-                Path(save_json).write_text(json.dumps(result, indent=2))
-                log.info(f"results written to {save_json}")
-        return result
+        results = []
+        for size in resolutions or [None]:
+            run_cfg = cfg if size is None else dataclasses.replace(cfg, img_size=size)
+            input_size, mean, std = data_settings(run_cfg, model)
+            val_loader = eval_loader(run_cfg, build_dataset(run_cfg, False, input_size, mean, std), info)
+            with FiringRates(model) as firing:
+                metrics = evaluate(model, val_loader, precision,
+                                   log.progress(val_loader, len(val_loader), f"test {input_size[-1]}px"))
+            rates = firing.rates(info.device)
+            results.append({"checkpoint": str(checkpoint_path), "ema": use_ema, "model": cfg.model,
+                            "dataset": cfg.dataset, "T": model.T, "img_size": input_size[-1],
+                            "crop_pct": run_cfg.eval_crop_pct(input_size[-1]), **metrics,
+                            "mean_firing_rate": sum(rates.values()) / max(len(rates), 1), "firing_rates": rates})
+            log.info(f"{cfg.model} on {cfg.dataset} at {input_size[-1]}px ({metrics['samples']} images): "
+                     f"top-1 {metrics['top1']:.2f}, top-5 {metrics['top5']:.2f}, loss {metrics['loss']:.4f}")
+            if info.is_main:
+                print(format_rates(rates))
+        if info.is_main and save_json:
+            Path(save_json).parent.mkdir(parents=True, exist_ok=True)
+            Path(save_json).write_text(json.dumps(results if resolutions else results[0], indent=2))
+            log.info(f"results written to {save_json}")
+        return results
     finally:
         log.close()
         distributed.cleanup()

@@ -57,9 +57,9 @@ def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Prec
     loss_sum, seen = torch.zeros((), device=device, dtype=torch.float64), 0
     optimizer.zero_grad(set_to_none=True)
     batches = progress if progress is not None else loader
+    # As MAE's engine: micro-batches after the last complete update still run (and update BN
+    # statistics) but their gradients are dropped at the next epoch's zero_grad.
     for step, (images, targets) in enumerate(batches):
-        if step >= updates_per_epoch * accum:
-            break  # leftover micro-batches that would not complete an update
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         if mixup_fn is not None:

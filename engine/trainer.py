@@ -5,6 +5,7 @@ Used by every dataset's ``train.py``. The run directory (``<output>/<experiment>
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import timm
@@ -73,6 +74,8 @@ def has_unused_parameters(model: nn.Module) -> bool:
 
 def train(cfg: Config, local_rank: int | None = None) -> dict:
     info = distributed.init(cfg.device, local_rank)
+    if info.distributed:
+        print(f"[rank {info.rank}/{info.world_size}] joined the process group on {info.device}", flush=True)
     run_dir = cfg.run_dir()
     resume_path = find_resume(cfg)
     log = RunLogger(run_dir, enabled=info.is_main, tensorboard=cfg.tensorboard, progress=cfg.progress,
@@ -85,8 +88,10 @@ def train(cfg: Config, local_rank: int | None = None) -> dict:
 
 
 def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
+    accum, lr = cfg.resolve_batching(info.world_size)
+    cfg = dataclasses.replace(cfg, accum_iter=accum, lr=lr)
     seed_everything(cfg.seed + info.rank)
-    num_classes = cfg.num_classes or dataset_spec(cfg.dataset).num_classes
+    num_classes = cfg.num_classes or dataset_spec(cfg.dataset).num_classes(cfg)
     model = build_model(cfg, num_classes)
     if cfg.initial_checkpoint and resume_path is None:
         models.load_checkpoint(model, cfg.initial_checkpoint)
@@ -108,7 +113,7 @@ def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
     updates_per_epoch = len(loader) // cfg.accum_iter
     if updates_per_epoch == 0:
         raise ConfigError(f"accum_iter {cfg.accum_iter} is larger than the {len(loader)} batches of an epoch")
-    scheduler, total_epochs = build_scheduler(cfg, optimizer, updates_per_epoch)
+    scheduler, total_epochs = build_scheduler(cfg, optimizer, updates_per_epoch, len(loader))
     scaler = precision.scaler()
     criterion = build_criterion(cfg)
     mixup_fn = build_mixup(cfg, num_classes)
@@ -134,7 +139,8 @@ def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
              f"precision {precision.dtype if precision.enabled else torch.float32}")
     log.info(f"data: {cfg.dataset} train {len(train_set)} / val {len(val_set)}; "
              f"{len(loader)} steps per epoch; effective batch "
-             f"{cfg.batch_size * cfg.accum_iter * info.world_size}; {total_epochs} epochs "
+             f"{cfg.batch_size * cfg.accum_iter * info.world_size} = {cfg.batch_size} x {info.world_size} "
+             f"processes x accum {cfg.accum_iter}; lr {cfg.lr:.3g}; {total_epochs} epochs "
              f"({cfg.epochs} + {cfg.cooldown_epochs} cooldown)")
 
     last_val = {}

@@ -51,3 +51,19 @@ def write_cifar100(root: Path, train: int = 64, test: int = 40, seed: int = 0) -
         pickle.dump({"fine_label_names": [f"fine_{i}" for i in range(100)],
                      "coarse_label_names": [f"coarse_{i}" for i in range(20)]}, f, protocol=2)
     return Path(root)
+
+
+def write_image_folder(root: Path, classes: int = 4, train_per_class: int = 8, val_per_class: int = 4,
+                       size: int = 40, seed: int = 0) -> Path:
+    """``root/{train,val}/<wnid>/*.JPEG``: real JPEG files, one colour per class plus noise."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(classes):
+            folder = Path(root) / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                colour = _images(np.array([c]), rng, classes).reshape(3, 32, 32)[:, 0, 0]
+                pixels = np.clip(colour[None, None, :] + rng.normal(0, 20, (size, size + 8, 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{split}_{c}_{i}.JPEG", quality=90)
+    return Path(root)

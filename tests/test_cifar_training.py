@@ -51,7 +51,7 @@ def test_train_two_epochs_then_test(cifar10, tmp_path):
     assert ckpt["epoch"] == 1 and ckpt["config"]["model"] == "qkformer_cifar_4_384"
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "best_top1"} <= set(ckpt)
 
-    result = run_test(cfg, str(run / "best.pth"), save_json=str(tmp_path / "res.json"))
+    [result] = run_test(cfg, str(run / "best.pth"), save_json=str(tmp_path / "res.json"))
     assert result["top1"] == pytest.approx(summary["best_top1"])
     assert result["samples"] == 40
     rates = json.loads((tmp_path / "res.json").read_text())["firing_rates"]
@@ -111,5 +111,5 @@ def test_test_script_reads_original_checkpoint_layout(cifar10, tmp_path):
                           "--data-dir", str(cifar10), "--embed-dim", "32", "--depth", "3", "--T", "2",
                           "--workers", "0", "--val-batch-size", "20"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "qkformer_cifar_4_384 on cifar10 (40 images): top-1" in out.stdout
+    assert "qkformer_cifar_4_384 on cifar10 at 32px (40 images): top-1" in out.stdout
     assert "stage3.0.ssa.proj_lif" in out.stdout and "mean over layers" in out.stdout

@@ -13,7 +13,7 @@ CIFAR_COMMON = dict(
     color_jitter=0.0, aa="rand-m9-n1-mstd0.4-inc1", reprob=0.25, remode="const", recount=1, mixup=0.5,
     cutmix=0.0, cutmix_minmax=None, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch",
     mixup_off_epoch=200, smoothing=0.1, opt="adamw", sched="cosine", epochs=400, warmup_epochs=20,
-    warmup_lr=1e-5, min_lr=1e-5, cooldown_epochs=10, amp=True, seed=42, accum_iter=1, model_ema=False,
+    warmup_lr=1e-5, min_lr=1e-5, cooldown_epochs=10, amp=True, seed=42, accum_iter=None, model_ema=False,
     clip_grad=None, sched_on_updates=False, fix_tb_merge=False,
 )
 ORIGINAL = {

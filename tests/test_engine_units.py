@@ -22,7 +22,7 @@ def test_cifar_schedule_is_the_originals():
     cfg = make_config(load_yaml(ROOT / "cifar10" / "qkformer.yml"), {})
     model = torch.nn.Linear(2, 2)
     opt = build_optimizer(cfg, model)
-    sched, total = build_scheduler(cfg, opt, updates_per_epoch=781)
+    sched, total = build_scheduler(cfg, opt, updates_per_epoch=781, steps_per_epoch=781)
     assert total == 410
     for epoch in range(total):
         if epoch < 20:
@@ -32,6 +32,30 @@ def test_cifar_schedule_is_the_originals():
         else:
             expected = 1e-5
         assert opt.param_groups[0]["lr"] == pytest_approx(expected), epoch
+        sched.step(epoch + 1)
+
+
+def test_mae_schedule_matches_mae_adjust_learning_rate():
+    """MAE's loop: lr set from (epoch + step / len(loader)) at every step % accum == 0."""
+    cfg = make_config({"sched": "mae_cosine", "lr": None, "blr": 6e-4, "batch_size": 4, "effective_batch": 16,
+                       "epochs": 6, "warmup_epochs": 2, "min_lr": 1e-6}, {})
+    accum, lr = cfg.resolve_batching(world_size=2)
+    assert (accum, lr) == (2, 6e-4 * 16 / 256)
+    cfg.accum_iter, cfg.lr = accum, lr
+    steps = 11  # an odd loader length: the last micro-batch never completes an update
+    opt = build_optimizer(cfg, torch.nn.Linear(2, 2))
+    sched, total = build_scheduler(cfg, opt, updates_per_epoch=steps // accum, steps_per_epoch=steps)
+    assert total == 6
+    updates = 0
+    for epoch in range(6):
+        for step in range(steps):
+            if step % accum == 0 and step // accum < steps // accum:
+                e = step / steps + epoch
+                expected = lr * e / 2 if e < 2 else 1e-6 + (lr - 1e-6) * 0.5 * (1 + math.cos(math.pi * (e - 2) / 4))
+                assert opt.param_groups[0]["lr"] == pytest_approx(expected), (epoch, step)
+            if (step + 1) % accum == 0 and step < (steps // accum) * accum:
+                updates += 1
+                sched.step_update(updates)
         sched.step(epoch + 1)
 
 

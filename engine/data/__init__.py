@@ -7,18 +7,25 @@ from typing import Callable
 from .cifar import build_cifar
 from .errors import DataError
 from .fake import FakeImages
+from .imagenet import build_imagenet
+from .imagenet import num_classes as imagenet_classes
 from .transforms import image_transform
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    num_classes: int
+    classes: int | Callable  # a number, or (cfg) -> number
     build: Callable  # (cfg, train, transform, input_size) -> Dataset
+
+    def num_classes(self, cfg) -> int:
+        return self.classes(cfg) if callable(self.classes) else self.classes
 
 
 DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(10, lambda cfg, train, tf, size: build_cifar("cifar10", cfg.data_dir, train, tf, cfg.download)),
     "cifar100": DatasetSpec(100, lambda cfg, train, tf, size: build_cifar("cifar100", cfg.data_dir, train, tf, cfg.download)),
+    "imagenet": DatasetSpec(lambda cfg: imagenet_classes(cfg.data_dir),
+                            lambda cfg, train, tf, size: build_imagenet(cfg.data_dir, train, tf)),
     "fake": DatasetSpec(10, lambda cfg, train, tf, size: FakeImages(train, cfg.num_classes or 10, size[-1], tf, cfg.seed)),
 }
 

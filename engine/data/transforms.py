@@ -27,7 +27,7 @@ def image_transform(cfg, train: bool, input_size, mean, std):
     """timm's train (crop/flip/RandAugment/erasing) or eval (resize + center crop) transform."""
     if not train:
         return create_transform(input_size, is_training=False, interpolation=cfg.interpolation,
-                                mean=mean, std=std, crop_pct=cfg.crop_pct)
+                                mean=mean, std=std, crop_pct=cfg.eval_crop_pct(input_size[-1]))
     return create_transform(
         input_size, is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
         hflip=cfg.hflip, vflip=cfg.vflip, color_jitter=cfg.color_jitter, auto_augment=cfg.aa,

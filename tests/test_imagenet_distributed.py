@@ -1,0 +1,137 @@
+"""ImageNet layout under torch.distributed on CPU (gloo): torchrun, the legacy launcher, resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import models
+from conftest import ROOT
+from datasets import write_image_folder
+from engine.config import load_yaml, make_config
+from engine.data import DataError
+from engine.trainer import train
+
+TRAIN, TEST = str(ROOT / "imagenet" / "train.py"), str(ROOT / "imagenet" / "test.py")
+RUN = "imagenet-qkformer_10_384"
+# The default config (QKFormer 10-384 recipe) shrunk: narrow, T=1, 32 px, an effective batch of 16.
+TINY = ["--embed-dim", "32", "--depth", "4", "--num-heads", "2", "--T", "1", "--img-size", "32",
+        "--batch-size", "4", "--val-batch-size", "8", "--effective-batch", "16", "--lr", "2e-3",
+        "--warmup-epochs", "1", "--workers", "0", "--device", "cpu", "--no-tensorboard", "--log-interval", "1"]
+
+
+@pytest.fixture(scope="module")
+def imagenet(tmp_path_factory):
+    return write_image_folder(tmp_path_factory.mktemp("imagenet"))
+
+
+def torchrun(*args, legacy=False, **popen):
+    launcher = ["-m", "torch.distributed.launch"] if legacy else ["-m", "torch.distributed.run", "--standalone"]
+    cmd = [sys.executable, *launcher, "--nproc_per_node=2", *args]
+    if popen:
+        return subprocess.Popen(cmd, **popen)
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def check_run(out, run_dir, epochs):
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    assert "[rank 0/2] joined the process group on cpu" in text and "[rank 1/2] joined" in text
+    assert "effective batch 16 = 4 x 2 processes x accum 2" in text
+    assert "16 per" not in text and "4 steps per epoch" in text  # 32 images split over 2 ranks, batch 4
+    log = (run_dir / "log.txt").read_text()
+    assert log.count("epoch 0: train loss") == 1                # written once, by rank 0 only
+    assert [json.loads(l)["epoch"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()] == list(range(epochs))
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pth", "config.yaml", "last.pth", "log.txt",
+                                                          "metrics.jsonl"]
+
+
+def test_torchrun_two_processes_then_test(imagenet, tmp_path):
+    out = torchrun(TRAIN, "--data-dir", str(imagenet), "--epochs", "2", "--output", str(tmp_path), *TINY)
+    check_run(out, tmp_path / RUN, 2)
+    assert [p.name for p in tmp_path.iterdir()] == [RUN]
+    res = tmp_path / "res.json"
+    test = subprocess.run([sys.executable, TEST, "--checkpoint", str(tmp_path / RUN / "best.pth"), "--data-dir",
+                           str(imagenet), "--workers", "0", "--device", "cpu", "--resolutions", "32", "40",
+                           "--save-json", str(res)], capture_output=True, text=True)
+    assert test.returncode == 0, test.stderr
+    results = json.loads(res.read_text())
+    assert [(r["img_size"], r["samples"]) for r in results] == [(32, 16), (40, 16)]
+    assert results[0]["crop_pct"] == 0.875 and results[1]["crop_pct"] == 0.875
+    best = models.safe_load(tmp_path / RUN / "best.pth")
+    history = [json.loads(l) for l in (tmp_path / RUN / "metrics.jsonl").read_text().splitlines()]
+    assert results[0]["top1"] == pytest.approx(history[best["epoch"]]["val_top1"])
+
+
+def test_legacy_torch_distributed_launch(imagenet, tmp_path):
+    out = torchrun(TRAIN, "--data-dir", str(imagenet), "--epochs", "1", "--output", str(tmp_path), *TINY,
+                   legacy=True)
+    check_run(out, tmp_path / RUN, 1)
+
+
+def test_killed_distributed_run_resumes_exactly(imagenet, tmp_path):
+    args = [TRAIN, "--data-dir", str(imagenet), "--epochs", "3", *TINY]
+    full = torchrun(*args, "--output", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr[-2000:]
+    run = tmp_path / "killed" / RUN
+    proc = torchrun(*args, "--output", str(tmp_path / "killed"), start_new_session=True,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "last.pth").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)   # the launcher and both workers
+    proc.wait()
+    done = models.safe_load(run / "last.pth")["epoch"]
+    assert done < 2
+    resumed = torchrun(*args, "--output", str(tmp_path / "killed"), "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = models.safe_load(tmp_path / "full" / RUN / "last.pth"), models.safe_load(run / "last.pth")
+    assert a["epoch"] == b["epoch"] == 2
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_distributed_evaluation_equals_single_process(imagenet, tmp_path):
+    """Each val image is seen exactly once across ranks, so metrics match a single process.
+    (Spikingformer: no LIF over merged T*B, so outputs do not depend on batch composition.)"""
+    model = models.build("spikingformer_8_384", embed_dim=32, depth=1, num_heads=2, T=1, num_classes=4)
+    ckpt = tmp_path / "sf.pth"
+    torch.save({"model": model.state_dict()}, ckpt)
+    common = ["--checkpoint", str(ckpt), "--model", "spikingformer_8_384", "--embed-dim", "32", "--depth", "1",
+              "--num-heads", "2", "--T", "1", "--data-dir", str(imagenet), "--workers", "0", "--device", "cpu",
+              "--img-size", "32", "--val-batch-size", "3"]
+    single = subprocess.run([sys.executable, TEST, *common, "--save-json", str(tmp_path / "a.json")],
+                            capture_output=True, text=True)
+    multi = torchrun(TEST, *common, "--save-json", str(tmp_path / "b.json"))
+    assert single.returncode == 0 and multi.returncode == 0, multi.stderr[-2000:]
+    a, b = json.loads((tmp_path / "a.json").read_text()), json.loads((tmp_path / "b.json").read_text())
+    assert a["samples"] == b["samples"] == 16
+    for key in ("top1", "top5", "loss"):
+        assert a[key] == pytest.approx(b[key], rel=1e-6)
+    assert a["firing_rates"] == pytest.approx(b["firing_rates"], rel=1e-6)
+
+
+def test_imagenet_layout_errors(tmp_path):
+    def run(data_dir):
+        cfg = make_config(load_yaml(ROOT / "imagenet" / "qkformer_10_384.yml"),
+                          {"data_dir": str(data_dir), "output": str(tmp_path / "out")})
+        train(cfg)
+
+    with pytest.raises(DataError, match="train not found; --data-dir must hold train/ and val/"):
+        run(tmp_path)
+    root = write_image_folder(tmp_path / "flat", classes=2, train_per_class=2, val_per_class=2)
+    for f in (root / "val").glob("*/*.JPEG"):
+        f.rename(root / "val" / f.name)
+    for d in (root / "val").glob("n*"):
+        d.rmdir()
+    with pytest.raises(DataError, match="has no class folders. It holds images directly: sort them"):
+        run(root)
+    root = write_image_folder(tmp_path / "mismatch", classes=3, train_per_class=2, val_per_class=2)
+    for f in (root / "val" / "n00000002").iterdir():
+        f.unlink()
+    (root / "val" / "n00000002").rmdir()
+    with pytest.raises(DataError, match="different classes"):
+        run(root)
