@@ -36,6 +36,7 @@ class Config:
     fix_tb_merge: bool = False                 # fix the upstream LIF-over-T*B bug (README)
     lif_backend: Optional[str] = None          # auto | torch | cupy (None: $SNN_LIF_BACKEND or auto)
     initial_checkpoint: Optional[str] = None   # start from these weights (fine-tuning)
+    start_epoch: Optional[int] = None          # begin the schedule at this epoch (continued training)
 
     # --- data -----------------------------------------------------------------------------
     dataset: str = "cifar10"                   # cifar10 | cifar100 | fake

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import timm
 import torch
@@ -77,7 +78,7 @@ def train(cfg: Config, local_rank: int | None = None) -> dict:
     if info.distributed:
         print(f"[rank {info.rank}/{info.world_size}] joined the process group on {info.device}", flush=True)
     run_dir = cfg.run_dir()
-    resume_path = find_resume(cfg)
+    resume_path = _agree_on_resume(cfg, info)
     log = RunLogger(run_dir, enabled=info.is_main, tensorboard=cfg.tensorboard, progress=cfg.progress,
                     log_interval=cfg.log_interval)
     try:
@@ -87,10 +88,28 @@ def train(cfg: Config, local_rank: int | None = None) -> dict:
         distributed.cleanup()
 
 
+def _agree_on_resume(cfg: Config, info) -> Path | None:
+    """Rank 0 decides whether and from where to resume; every rank must then read that file,
+    which needs ``output`` on a filesystem shared by all nodes."""
+    decision = None
+    if info.is_main:
+        try:
+            decision = ("ok", find_resume(cfg))
+        except ConfigError as exc:
+            decision = ("error", str(exc))
+    decision = distributed.broadcast_object(decision)
+    if decision[0] == "error":
+        raise ConfigError(decision[1])
+    path = decision[1]
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"rank {info.rank} cannot read {path}: put --output on a filesystem shared by all nodes")
+    return path
+
+
 def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
     accum, lr = cfg.resolve_batching(info.world_size)
     cfg = dataclasses.replace(cfg, accum_iter=accum, lr=lr)
-    seed_everything(cfg.seed + info.rank)
+    seed_everything(cfg.seed)  # the same initial weights on every rank (and so the same EMA)
     num_classes = cfg.num_classes or dataset_spec(cfg.dataset).num_classes(cfg)
     model = build_model(cfg, num_classes)
     if cfg.initial_checkpoint and resume_path is None:
@@ -130,6 +149,11 @@ def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
         set_rng_state(state["rng"])
         start_epoch, best = state["epoch"] + 1, (state["best_top1"], state["best_epoch"])
         log.info(f"resumed from {resume_path} (epoch {state['epoch']} done, best top-1 {best[0]:.2f})")
+    elif cfg.start_epoch:
+        if cfg.start_epoch >= total_epochs:
+            raise ConfigError(f"start_epoch {cfg.start_epoch} is past the last epoch ({total_epochs - 1})")
+        start_epoch = cfg.start_epoch
+        scheduler.step(start_epoch)  # as upstream: the schedule continues where the epoch count says
 
     if info.is_main:
         dump(cfg, cfg.run_dir() / "config.yaml")
