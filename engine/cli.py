@@ -62,3 +62,21 @@ def test_main(script: str, default_config: str, description: str) -> None:
     explicit = {k for k, v in vars(args).items() if v is not None and k in FIELDS}
     _run(lambda: test(_config(args, script, default_config), args.checkpoint, args.use_ema, args.save_json,
                       local_rank=args.local_rank, explicit=explicit, resolutions=args.resolutions))
+
+
+def prepare_main(dataset: str) -> None:
+    """``prepare.py``: raw files -> events -> frames for each T, reporting exactly what is missing."""
+    from .data.dvs import SOURCES, build_dvs, prepare
+    parser = argparse.ArgumentParser(
+        description=f"Prepare {dataset}: put {SOURCES[dataset]} into <data-dir>/download, then run this once "
+                    f"per number of frames T (nothing is downloaded).")
+    parser.add_argument("--data-dir", required=True, help="dataset folder (holds download/ or extract/ or events_np/)")
+    parser.add_argument("--T", type=int, nargs="+", default=[16], help="frames per sample to cache (e.g. 16 10)")
+    args = parser.parse_args()
+
+    def run():
+        for T in args.T:
+            frames = prepare(dataset, args.data_dir, T)
+            train, test = (build_dvs(dataset, args.data_dir, split, T) for split in (True, False))
+            print(f"{dataset} T={T}: {len(train)} train / {len(test)} test samples in {frames}")
+    _run(run)

@@ -39,7 +39,9 @@ class Config:
     start_epoch: Optional[int] = None          # begin the schedule at this epoch (continued training)
 
     # --- data -----------------------------------------------------------------------------
-    dataset: str = "cifar10"                   # cifar10 | cifar100 | fake
+    dataset: str = "cifar10"                   # cifar10 | cifar100 | imagenet | cifar10dvs | dvs128gesture | fake
+    dvs_split: str = "originals"               # CIFAR10-DVS: originals (per-class first 90%) | tebn (0-99 test)
+    dvs_aug: bool = False                      # event-frame augmentation: flip + SNNAugmentWide (DVS recipes)
     data_dir: str = "data"                     # folder holding cifar-10-batches-py / cifar-100-python
     download: bool = False                     # let torchvision download the dataset
     workers: int = 4
@@ -95,6 +97,7 @@ class Config:
     warmup_prefix: bool = False                # cosine starts after warmup (MAE) instead of at 0 (timm)
     sched_on_updates: bool = False             # step the schedule every update, not every epoch
     amp: bool = True                           # mixed precision on CUDA (ignored on CPU)
+    eval_amp: bool = True                      # also evaluate under autocast (the DVS scripts evaluate in fp32)
     amp_dtype: str = "float16"                 # float16 (with loss scaling) | bfloat16
     model_ema: bool = False
     model_ema_decay: float = 0.9998

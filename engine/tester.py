@@ -52,10 +52,11 @@ def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: st
         for size in resolutions or [None]:
             run_cfg = cfg if size is None else dataclasses.replace(cfg, img_size=size)
             input_size, mean, std = data_settings(run_cfg, model)
-            val_loader = eval_loader(run_cfg, build_dataset(run_cfg, False, input_size, mean, std), info)
+            val_loader = eval_loader(run_cfg, build_dataset(run_cfg, False, input_size, mean, std, model.T), info)
             with FiringRates(model) as firing:
                 metrics = evaluate(model, val_loader, precision,
-                                   log.progress(val_loader, len(val_loader), f"test {input_size[-1]}px"))
+                                   log.progress(val_loader, len(val_loader), f"test {input_size[-1]}px"),
+                                   amp=cfg.eval_amp)
             rates = firing.rates(info.device)
             results.append({"checkpoint": str(checkpoint_path), "ema": use_ema, "model": cfg.model,
                             "dataset": cfg.dataset, "T": model.T, "img_size": input_size[-1],

@@ -47,8 +47,11 @@ class Precision:
 
 def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Precision, epoch: int, cfg,
                     scheduler=None, model_ema=None, mixup_fn=None, progress=None,
-                    update_offset: int = 0) -> dict:
-    """Train one epoch with ``cfg.accum_iter`` micro-batches per optimizer step."""
+                    update_offset: int = 0, batch_aug=None) -> dict:
+    """Train one epoch with ``cfg.accum_iter`` micro-batches per optimizer step.
+
+    ``batch_aug`` transforms a whole batch on the device before mixup (the DVS augmentation).
+    """
     model.train()
     device = precision.device
     accum = cfg.accum_iter
@@ -62,6 +65,8 @@ def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Prec
     for step, (images, targets) in enumerate(batches):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
+        if batch_aug is not None:
+            images = batch_aug(images)
         if mixup_fn is not None:
             images, targets = mixup_fn(images, targets)
         update = (step + 1) % accum == 0
@@ -98,15 +103,18 @@ def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Prec
 
 
 @torch.no_grad()
-def evaluate(model, loader, precision: Precision, progress=None) -> dict:
-    """Cross-entropy loss, top-1 and top-5 accuracy (%) over the whole split, all processes."""
+def evaluate(model, loader, precision: Precision, progress=None, amp: bool = True) -> dict:
+    """Cross-entropy loss, top-1 and top-5 accuracy (%) over the whole split, all processes.
+
+    ``amp=False`` evaluates in float32 even when training uses mixed precision.
+    """
     model.eval()
     device = precision.device
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top1, top5, count
     for images, targets in (progress if progress is not None else loader):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        with precision.autocast():
+        with precision.autocast() if amp else contextlib.nullcontext():
             output = model(images)
         reset_net(model)
         output = output.float()

@@ -22,6 +22,7 @@ from . import distributed
 from .checkpoint import find_resume, load_training_state, save_atomic, set_rng_state, training_state
 from .config import Config, ConfigError, dump
 from .data import build_dataset, dataset_spec
+from .data.dvs_augment import augment_batch
 from .loader import epoch_seed, eval_loader, seed_everything, train_loader
 from .logger import RunLogger
 from .optim import build_optimizer, build_scheduler
@@ -116,8 +117,8 @@ def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
         models.load_checkpoint(model, cfg.initial_checkpoint)
         log.info(f"initial weights: {cfg.initial_checkpoint}")
     input_size, mean, std = data_settings(cfg, model)
-    train_set = build_dataset(cfg, True, input_size, mean, std)
-    val_set = build_dataset(cfg, False, input_size, mean, std)
+    train_set = build_dataset(cfg, True, input_size, mean, std, model.T)
+    val_set = build_dataset(cfg, False, input_size, mean, std, model.T)
     loader, val_loader = train_loader(cfg, train_set, info), eval_loader(cfg, val_set, info)
 
     model.to(info.device)
@@ -177,18 +178,20 @@ def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
         bar = log.progress(loader, len(loader), f"train {epoch}/{total_epochs - 1}")
         try:
             train_stats = train_one_epoch(net, loader, optimizer, criterion, scaler, precision, epoch,
-                                          cfg, scheduler, model_ema, mixup_fn, bar)
+                                          cfg, scheduler, model_ema, mixup_fn, bar,
+                                          batch_aug=augment_batch if cfg.dvs_aug else None)
         except NonFiniteLoss as exc:
             kept = "no checkpoint was written yet" if best[1] < 0 and start_epoch == epoch == 0 else \
                 f"{cfg.run_dir() / 'last.pth'} (epoch {epoch - 1}) is the last good checkpoint"
             raise NonFiniteLoss(f"{exc}; stopped, {kept}. Lower --lr, set --clip-grad, or train "
                                 f"without float16 (--no-amp or --amp-dtype bfloat16).") from None
-        val = evaluate(net, val_loader, precision, log.progress(val_loader, len(val_loader), f"val {epoch}"))
+        val = evaluate(net, val_loader, precision, log.progress(val_loader, len(val_loader), f"val {epoch}"),
+                       amp=cfg.eval_amp)
         record = {"epoch": epoch, "train_loss": train_stats["loss"], "lr": train_stats["lr"],
                   **{f"val_{k}": v for k, v in val.items()}}
         metric = val
         if model_ema is not None:
-            ema_val = evaluate(model_ema.module, val_loader, precision)
+            ema_val = evaluate(model_ema.module, val_loader, precision, amp=cfg.eval_amp)
             record.update({f"ema_val_{k}": v for k, v in ema_val.items()})
             metric = ema_val  # as upstream: the EMA weights decide "best" when EMA is on
         if not torch.isfinite(torch.tensor(metric["loss"])):
