@@ -58,10 +58,14 @@ def test_main(script: str, default_config: str, description: str) -> None:
     parser.add_argument("--resolutions", type=int, nargs="+", default=None, metavar="PX",
                         help="evaluate at each of these input sizes, e.g. 224 288 384 (eval crop: 224/256 "
                              "up to 224, full image above, unless --crop-pct is given)")
+    parser.add_argument("--energy", default=None, metavar="DIR",
+                        help="also count MACs, synaptic operations and energy over the test set; report, "
+                             "firing-rate plot and TensorBoard logs go to DIR")
     args = parser.parse_args()
     explicit = {k for k, v in vars(args).items() if v is not None and k in FIELDS}
     _run(lambda: test(_config(args, script, default_config), args.checkpoint, args.use_ema, args.save_json,
-                      local_rank=args.local_rank, explicit=explicit, resolutions=args.resolutions))
+                      local_rank=args.local_rank, explicit=explicit, resolutions=args.resolutions,
+                      energy_dir=args.energy))
 
 
 def prepare_main(dataset: str) -> None:

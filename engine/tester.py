@@ -12,6 +12,7 @@ from . import distributed
 from .checkpoint import MODEL_KEYS
 from .config import Config
 from .data import build_dataset, dataset_spec
+from .energy import EnergyMeter, format_report, plot_firing_rates
 from .firing import FiringRates
 from .loader import eval_loader, seed_everything
 from .logger import RunLogger
@@ -32,8 +33,12 @@ def config_for_checkpoint(cfg: Config, checkpoint: dict, explicit: set[str] = fr
 
 def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: str | None = None,
          local_rank: int | None = None, explicit: set[str] = frozenset(),
-         resolutions: list[int] | None = None) -> list[dict]:
-    """Evaluate at ``cfg.img_size`` (or each of ``resolutions``); one result dict per resolution."""
+         resolutions: list[int] | None = None, energy_dir: str | None = None) -> list[dict]:
+    """Evaluate at ``cfg.img_size`` (or each of ``resolutions``); one result dict per resolution.
+
+    ``energy_dir``: also count MACs/SOPs and energy over the test set (engine/energy.py) and write
+    the report, the firing-rate plot and TensorBoard scalars/figures there.
+    """
     info = distributed.init(cfg.device, local_rank)
     log = RunLogger(None, enabled=info.is_main, tensorboard=False, progress=cfg.progress,
                     log_interval=cfg.log_interval)
@@ -53,10 +58,12 @@ def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: st
             run_cfg = cfg if size is None else dataclasses.replace(cfg, img_size=size)
             input_size, mean, std = data_settings(run_cfg, model)
             val_loader = eval_loader(run_cfg, build_dataset(run_cfg, False, input_size, mean, std, model.T), info)
-            with FiringRates(model) as firing:
+            meter = EnergyMeter(model) if energy_dir else FiringRates(model)
+            with meter:
                 metrics = evaluate(model, val_loader, precision,
                                    log.progress(val_loader, len(val_loader), f"test {input_size[-1]}px"),
                                    amp=cfg.eval_amp)
+            firing = meter.firing if energy_dir else meter
             rates = firing.rates(info.device)
             results.append({"checkpoint": str(checkpoint_path), "ema": use_ema, "model": cfg.model,
                             "dataset": cfg.dataset, "T": model.T, "img_size": input_size[-1],
@@ -66,6 +73,9 @@ def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: st
                      f"top-1 {metrics['top1']:.2f}, top-5 {metrics['top5']:.2f}, loss {metrics['loss']:.4f}")
             if info.is_main:
                 print(format_rates(rates))
+            if energy_dir and info.is_main:
+                results[-1]["energy"] = _write_energy(meter, Path(energy_dir) / f"{input_size[-1]}px",
+                                                      f"{cfg.model} on {cfg.dataset}, {input_size[-1]} px, T={model.T}")
         if info.is_main and save_json:
             Path(save_json).parent.mkdir(parents=True, exist_ok=True)
             Path(save_json).write_text(json.dumps(results if resolutions else results[0], indent=2))
@@ -74,6 +84,22 @@ def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: st
     finally:
         log.close()
         distributed.cleanup()
+
+
+def _write_energy(meter: EnergyMeter, out: Path, title: str) -> dict:
+    summary = meter.summary()
+    print(format_report(summary))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "energy.json").write_text(json.dumps(summary, indent=2))
+    plot_firing_rates(summary["firing_rates"], out / "firing_rates.png", title)
+    from torch.utils.tensorboard import SummaryWriter
+    with SummaryWriter(str(out / "tensorboard")) as tb:
+        for key in ("energy_mj", "macs", "sops", "mean_firing_rate"):
+            tb.add_scalar(f"energy/{key}", summary[key], 0)
+        for name, rate in summary["firing_rates"].items():
+            tb.add_scalar(f"firing_rate/{name}", rate, 0)
+        tb.add_text("energy/report", "<pre>" + format_report(summary) + "</pre>", 0)
+    return {k: summary[k] for k in ("energy_mj", "macs", "sops", "dense", "mean_firing_rate")}
 
 
 def format_rates(rates: dict[str, float]) -> str:

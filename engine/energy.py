@@ -1,0 +1,202 @@
+"""Synaptic operations (SOPs), MACs, firing rates and theoretical energy, measured with hooks.
+
+The counting convention is the one the Spikingformer and QKFormer papers state and Spikingformer's
+released tool (``energy_consumption_calculation/``) implements:
+
+* Every conv and linear layer does ``dense`` operations per sample: output elements x fan-in (the
+  kernel volume per group), plus one addition per output element for the bias, all T time steps
+  included. Dense counts come from torch's ``FlopCounterMode`` (FLOPs / 2) plus the bias adds.
+* If the layer's input is binary (all values 0 or 1) it is spike driven: it performs
+  ``SOPs = firing rate of the input x dense`` accumulate operations (AC). If the input holds
+  non-negative integers (spike counts: QKFormer's and SGLFormer's residual stream adds spike
+  tensors, so blocks see 0, 1, 2, ...), each count k costs k ACs, i.e. ``SOPs = mean input x
+  dense``: QKFormer's appendix counts every conv after the first as ACs. ``integer_inputs="mac"``
+  counts such layers as MACs instead (Spikformer's appendix G, option 2, and the default of
+  Spikingformer's released tool; for Spikingformer itself, whose conv inputs are all binary, the two
+  agree). Any other input (the encoding conv on the image, the classifier on averaged features)
+  makes every operation a MAC.
+* Spiking self-attention adds ``T x heads x N x d^2 x (min(fr_K, fr_V) + fr_Q)`` ACs: K^T V with
+  binary K and V, then Q times that (N tokens, d channels per head, fr the LIF rates of Q, K, V).
+  QKFormer's token Q-K attention sums binary Q over each head's channels: ``T x C x N x fr_Q`` ACs
+  (the mask-times-K is a binary gate and, like other element-wise ops, is not counted).
+* Batch norm, LIF updates, pooling and residual additions are not counted (as in the papers).
+* Energy = 4.6 pJ x MACs + 0.9 pJ x SOPs (45 nm; Horowitz, ISSCC 2014).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from models.layers import SpikingSelfAttention
+from models.qkformer import TokenQKAttention
+from models.sglformer import GlobalSSA
+
+from .firing import FiringRates
+
+E_MAC_PJ, E_AC_PJ = 4.6, 0.9
+
+
+@dataclass
+class LayerOps:
+    name: str
+    kind: str                 # conv | linear | attention | qk-attention
+    dense: float = 0.0        # operations per sample if every input were non-zero
+    macs: float = 0.0         # per sample, non-spiking input
+    sops: float = 0.0         # per sample, spike-driven
+    input_rate: float | None = None
+
+    @property
+    def energy_mj(self) -> float:
+        return (E_MAC_PJ * self.macs + E_AC_PJ * self.sops) * 1e-9
+
+
+def _input_kind(x: torch.Tensor) -> str:
+    """binary (spikes), integer (non-negative spike counts) or analog (anything else)."""
+    if bool(((x == 0) | (x == 1)).all()):
+        return "binary"
+    if bool((x >= 0).all()) and bool((x == x.round()).all()):
+        return "integer"
+    return "analog"
+
+
+class EnergyMeter:
+    """Context manager that counts operations over every forward pass run inside it."""
+
+    def __init__(self, model: nn.Module, integer_inputs: str = "ac"):
+        if integer_inputs not in ("ac", "mac"):
+            raise ValueError(f"integer_inputs must be 'ac' or 'mac', not {integer_inputs!r}")
+        self.model = model
+        self.integer_inputs = integer_inputs
+        self.synapses = OrderedDict((n, m) for n, m in model.named_modules()
+                                    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)))
+        self.attention = OrderedDict((n, m) for n, m in model.named_modules()
+                                     if isinstance(m, (SpikingSelfAttention, GlobalSSA, TokenQKAttention)))
+        self.firing = FiringRates(model)
+        self.samples = 0
+        self._bias = {n: 0.0 for n in self.synapses}          # bias additions (FlopCounterMode omits them)
+        self._inputs = {n: [0.0, 0.0] for n in self.synapses}  # spikes, elements seen in spike inputs
+        self._analog_calls = {n: 0 for n in self.synapses}    # calls whose input was real-valued
+        self._integer_calls = {n: 0 for n in self.synapses}   # calls whose input held spike counts > 1
+        self._attn = {n: 0.0 for n in self.attention}                   # T*B*(heads*N*d^2) or T*B*C*N
+        self._handles = []
+        self._flops = None
+
+    # --- hooks -----------------------------------------------------------------------------
+    def _synapse_hook(self, name):
+        def hook(module, inputs, output):
+            x = inputs[0].detach()
+            if module.bias is not None:
+                self._bias[name] += output.numel()
+            kind = _input_kind(x)
+            if kind == "analog":
+                self._analog_calls[name] += 1
+                return
+            self._integer_calls[name] += kind == "integer"
+            self._inputs[name][0] += x.float().sum().item()
+            self._inputs[name][1] += x.numel()
+        return hook
+
+    def _attention_hook(self, name):
+        def hook(module, inputs, output):
+            x = inputs[0]
+            T, B, C = x.shape[:3]
+            N = x[0, 0, 0].numel()
+            if isinstance(module, TokenQKAttention):
+                self._attn[name] += T * B * C * N
+            else:
+                d = C // module.num_heads
+                self._attn[name] += T * B * module.num_heads * N * d * d
+        return hook
+
+    def _count_samples(self, module, inputs):
+        self.samples += inputs[0].shape[0]
+
+    def __enter__(self) -> "EnergyMeter":
+        self._handles = [m.register_forward_hook(self._synapse_hook(n)) for n, m in self.synapses.items()]
+        self._handles += [m.register_forward_hook(self._attention_hook(n)) for n, m in self.attention.items()]
+        self._handles.append(self.model.register_forward_pre_hook(self._count_samples))
+        self.firing.__enter__()
+        self._flops = FlopCounterMode(display=False)
+        self._flops.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._flops.__exit__(*exc)
+        self.firing.__exit__(*exc)
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    # --- results ---------------------------------------------------------------------------
+    def layers(self) -> list[LayerOps]:
+        if not self.samples:
+            raise RuntimeError("no forward pass was measured")
+        counts = self._flops.get_flop_counts()
+        root = type(self.model).__name__
+        rates = self.firing.rates()
+        out = []
+        for name, module in self.synapses.items():
+            flops = sum(counts.get(f"{root}.{name}", {}).values())
+            dense = (flops / 2 + self._bias[name]) / self.samples
+            ones, elements = self._inputs[name]
+            spiking = elements > 0 and self._analog_calls[name] == 0 and not (
+                self._integer_calls[name] and self.integer_inputs == "mac")
+            rate = ones / elements if spiking else None
+            out.append(LayerOps(name, "linear" if isinstance(module, nn.Linear) else "conv", dense,
+                                macs=0.0 if spiking else dense, sops=dense * rate if spiking else 0.0,
+                                input_rate=rate))
+        for name, module in self.attention.items():
+            base = self._attn[name] / self.samples
+            if isinstance(module, TokenQKAttention):
+                fq = rates[f"{name}.q_lif"]
+                out.append(LayerOps(name, "qk-attention", base, sops=base * fq, input_rate=fq))
+                continue
+            lif = "{}.{}_lif" if isinstance(module, SpikingSelfAttention) else "{}.{}_conv.lif"
+            fq, fk, fv = (rates[lif.format(name, x)] for x in "qkv")
+            out.append(LayerOps(name, "attention", 2 * base, sops=base * (min(fk, fv) + fq), input_rate=fq))
+        return out
+
+    def summary(self) -> dict:
+        layers = self.layers()
+        macs, sops = sum(l.macs for l in layers), sum(l.sops for l in layers)
+        rates = self.firing.rates()
+        return {"samples": self.samples, "macs": macs, "sops": sops, "dense": sum(l.dense for l in layers),
+                "energy_mj": (E_MAC_PJ * macs + E_AC_PJ * sops) * 1e-9,
+                "energy_mac_mj": E_MAC_PJ * macs * 1e-9, "energy_ac_mj": E_AC_PJ * sops * 1e-9,
+                "mean_firing_rate": sum(rates.values()) / max(len(rates), 1),
+                "layers": [asdict(l) | {"energy_mj": l.energy_mj} for l in layers], "firing_rates": dict(rates)}
+
+
+def format_report(summary: dict) -> str:
+    rows = [f"{'layer':<42} {'kind':<12} {'in rate':>8} {'dense G':>9} {'MAC G':>9} {'SOP G':>9} {'mJ':>9}"]
+    for l in summary["layers"]:
+        rate = "-" if l["input_rate"] is None else f"{l['input_rate']:.4f}"
+        rows.append(f"{l['name']:<42} {l['kind']:<12} {rate:>8} {l['dense'] / 1e9:9.4f} {l['macs'] / 1e9:9.4f} "
+                    f"{l['sops'] / 1e9:9.4f} {l['energy_mj']:9.4f}")
+    rows.append(f"{'total per sample':<42} {'':<12} {'':>8} {summary['dense'] / 1e9:9.4f} "
+                f"{summary['macs'] / 1e9:9.4f} {summary['sops'] / 1e9:9.4f} {summary['energy_mj']:9.4f}")
+    rows.append(f"energy per sample: {summary['energy_mj']:.4f} mJ = {summary['energy_mac_mj']:.4f} (MAC, 4.6 pJ) + "
+                f"{summary['energy_ac_mj']:.4f} (AC, 0.9 pJ); mean LIF firing rate {summary['mean_firing_rate']:.4f} "
+                f"over {len(summary['firing_rates'])} layers, {summary['samples']} samples")
+    return "\n".join(rows)
+
+
+def plot_firing_rates(rates: dict[str, float], path, title: str = "") -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names, values = list(rates), list(rates.values())
+    fig, ax = plt.subplots(figsize=(8, 0.18 * len(names) + 1.2))
+    ax.barh(range(len(names)), values, color="#3b7dd8")
+    ax.set_yticks(range(len(names)), names, fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("firing rate (spikes per neuron per time step)")
+    ax.set_title(title or "LIF firing rate per layer", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

@@ -1,0 +1,156 @@
+"""Energy, MACs, SOPs and firing rates: hand-computed on tiny models, anchored on the authors' log."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import models
+from conftest import ROOT
+from engine.energy import EnergyMeter
+from models.neuron import LIF
+
+
+class TinySNN(nn.Module):
+    """Image -> conv (analog input) -> LIF -> conv 1x1 with bias (spiking input) -> LIF -> mean -> linear."""
+
+    def __init__(self, T=2):
+        super().__init__()
+        self.T = T
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.lif1 = LIF(backend="torch")
+        self.conv2 = nn.Conv2d(4, 6, 1, bias=True)
+        self.lif2 = LIF(backend="torch")
+        self.head = nn.Linear(6, 5)
+
+    @staticmethod
+    def merged(conv, x):  # conv over [T, B, ...] with T and B merged
+        return conv(x.flatten(0, 1)).reshape(*x.shape[:2], -1, *x.shape[3:])
+
+    def spikes1(self, x):
+        models.reset_net(self)
+        return self.lif1(self.merged(self.conv1, x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)))
+
+    def forward(self, x):
+        s = self.spikes1(x)
+        s = self.lif2(self.merged(self.conv2, s))
+        return self.head(s.mean((0, 3, 4)))
+
+
+def test_tiny_model_by_hand():
+    torch.manual_seed(0)
+    model = TinySNN(T=2).eval()
+    with torch.no_grad():
+        model.conv1.weight.mul_(6)   # make both LIF layers fire at a visible rate
+        model.conv2.weight.mul_(4)
+        model.conv2.bias.fill_(0.8)
+        x = torch.randn(3, 3, 8, 8)
+        rate1 = model.spikes1(x).mean().item()
+        with EnergyMeter(model) as meter:
+            model(x)
+    assert 0.05 < rate1 < 0.95
+    T, H, W = 2, 8, 8
+    conv1_macs = T * H * W * 4 * 27                 # per sample: output elements x fan-in
+    conv2_dense = T * H * W * 6 * 4 + T * H * W * 6  # plus one bias add per output element
+    head_macs = 6 * 5 + 5
+    layers = {l.name: l for l in meter.layers()}
+    assert layers["conv1"].macs == conv1_macs and layers["conv1"].sops == 0 and layers["conv1"].input_rate is None
+    assert layers["conv2"].dense == conv2_dense and layers["conv2"].macs == 0
+    assert layers["conv2"].input_rate == pytest.approx(rate1)
+    assert layers["conv2"].sops == pytest.approx(conv2_dense * rate1)
+    assert layers["head"].macs == head_macs                       # mean of spikes is not binary: MACs
+    s = meter.summary()
+    assert s["samples"] == 3
+    assert s["macs"] == conv1_macs + head_macs and s["sops"] == pytest.approx(conv2_dense * rate1)
+    assert s["energy_mj"] == pytest.approx((4.6 * (conv1_macs + head_macs) + 0.9 * conv2_dense * rate1) * 1e-9)
+    assert list(s["firing_rates"]) == ["lif1", "lif2"] and s["firing_rates"]["lif1"] == pytest.approx(rate1)
+
+
+# Tokens each attention block sees, from the architecture: Spikingformer CIFAR pools 16 px input
+# twice (4x4); QKFormer CIFAR keeps 16x16 in stage 1, then 8x8, 4x4; SGLFormer CIFAR 32 px -> 8x8.
+TOKENS = {"spikingformer_cifar_2_384": {"block.0.attn": 16, "block.1.attn": 16},
+          "qkformer_cifar_4_384": {"stage1.0.tssa": 256, "stage2.0.tssa": 64, "stage3.0.ssa": 16},
+          "sglformer_cifar_4_384": {"blocks.0.ssa1": 64, "blocks.0.ssa2": 64, "blocks.0.ssa3": 64}}
+
+
+class ResidualSNN(TinySNN):
+    """Like TinySNN, but conv2 reads spikes + spikes of the previous time step: counts 0, 1, 2."""
+
+    def forward(self, x):
+        s = self.spikes1(x)
+        s = s + torch.cat([torch.zeros_like(s[:1]), s[:-1]])
+        return self.head(self.lif2(self.merged(self.conv2, s)).mean((0, 3, 4)))
+
+
+@pytest.mark.parametrize("mode", ["ac", "mac"])
+def test_spike_counts_from_residual_sums(mode):
+    torch.manual_seed(1)
+    model = ResidualSNN(T=3).eval()
+    with torch.no_grad():
+        model.conv1.weight.mul_(6)
+        x = torch.randn(2, 3, 8, 8)
+        s = model.spikes1(x)
+        counts = s + torch.cat([torch.zeros_like(s[:1]), s[:-1]])
+        with EnergyMeter(model, integer_inputs=mode) as meter:
+            model(x)
+    assert counts.max() == 2
+    conv2 = {l.name: l for l in meter.layers()}["conv2"]
+    dense = 3 * 8 * 8 * (6 * 4 + 6)
+    if mode == "ac":
+        assert conv2.sops == pytest.approx(dense * counts.mean().item()) and conv2.macs == 0
+    else:
+        assert conv2.macs == dense and conv2.sops == 0
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("spikingformer_cifar_2_384", dict(embed_dim=32, num_heads=2, T=2)),
+    ("qkformer_cifar_4_384", dict(embed_dim=32, depth=3, T=2)),
+    ("sglformer_cifar_4_384", dict(embed_dim=24, num_heads=2, T=2)),
+])
+def test_attention_operations_by_hand(name, kw):
+    """SSA: T x heads x N x d^2 x (min(fr_K, fr_V) + fr_Q); token QK attention: T x C x N x fr_Q."""
+    torch.manual_seed(0)
+    model = models.build(name, **kw).train()   # train-mode BN: every layer fires
+    size = 32 if name.startswith("sgl") else 16
+    with torch.no_grad(), EnergyMeter(model) as meter:
+        model(torch.randn(2, 3, size, size))
+    rates = meter.firing.rates()
+    attention = {l.name: l for l in meter.layers() if "attention" in l.kind}
+    assert set(attention) == set(TOKENS[name])
+    for layer_name, N in TOKENS[name].items():
+        layer, module = attention[layer_name], model.get_submodule(layer_name)
+        if layer.kind == "qk-attention":
+            C = module.q_conv.out_channels
+            assert layer.sops == pytest.approx(2 * C * N * rates[f"{layer_name}.q_lif"])
+            continue
+        if hasattr(module, "q_lif"):
+            C, fq, fk, fv = module.q_conv.out_channels, *(rates[f"{layer_name}.{x}_lif"] for x in "qkv")
+        else:
+            C, fq, fk, fv = module.q_conv.conv1x1.out_channels, *(rates[f"{layer_name}.{x}_conv.lif"] for x in "qkv")
+        h = module.num_heads
+        d = C // h
+        assert min(fq, fk, fv) > 0
+        assert layer.sops == pytest.approx(2 * h * N * d * d * (min(fk, fv) + fq))   # T = 2
+        assert layer.dense == 2 * 2 * h * N * d * d
+
+
+def test_spikingformer_macs_equal_the_authors_log():
+    """Spikingformer's energy log for 8-512 (224 px, T=4): 0.347329512 G MACs = the first conv on
+    the image (3x3x3 -> 64, over 4 time steps) + the classifier (512 -> 1000 with bias)."""
+    model = models.build("spikingformer_8_512", depth=1).eval()   # blocks do not add MACs
+    with torch.no_grad(), EnergyMeter(model) as meter:
+        model(torch.randn(1, 3, 224, 224))
+    assert meter.summary()["macs"] == 347_329_512
+
+
+def test_energy_cli_and_test_script(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "tools.energy", "--model", "qkformer_cifar10dvs_2_256",
+                          "--T", "4", "--fake", "--batches", "1", "--batch-size", "2",
+                          "--out", str(tmp_path / "e")], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "e" / "energy.json").read_text())
+    assert report["T"] == 4 and report["samples"] == 2 and len(report["firing_rates"]) == 21
+    assert (tmp_path / "e" / "firing_rates.png").stat().st_size > 1000
+    assert "total per sample" in out.stdout and (tmp_path / "e" / "layers.csv").read_text().startswith("name,kind")

@@ -1,0 +1,1 @@
+"""Command-line tools: ``python -m tools.energy`` and ``python -m tools.benchmark``."""
