@@ -96,9 +96,11 @@ class Config:
     decay_epochs: float = 30                   # step schedule only
     warmup_prefix: bool = False                # cosine starts after warmup (MAE) instead of at 0 (timm)
     sched_on_updates: bool = False             # step the schedule every update, not every epoch
-    amp: bool = True                           # mixed precision on CUDA (ignored on CPU)
+    amp: bool = True                           # mixed precision on CUDA; on CPU only with amp_dtype bfloat16
     eval_amp: bool = True                      # also evaluate under autocast (the DVS scripts evaluate in fp32)
     amp_dtype: str = "float16"                 # float16 (with loss scaling) | bfloat16
+    grad_checkpointing: bool = False           # recompute blocks in backward: less memory, same gradients
+    compile: bool = False                      # torch.compile the model (slow to start; see README)
     model_ema: bool = False
     model_ema_decay: float = 0.9998
 

@@ -19,6 +19,17 @@ from models import reset_net
 from .distributed import all_reduce_sum
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside DistributedDataParallel and/or torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
 
@@ -32,8 +43,11 @@ class Precision:
 
     @classmethod
     def from_config(cls, cfg, device: torch.device) -> "Precision":
-        enabled = bool(cfg.amp) and device.type == "cuda"
-        return cls(device, enabled, torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16)
+        # float16 autocast is a CUDA feature here; bfloat16 autocast also runs on CPUs (fast
+        # on ones with AVX512-BF16/AMX), but only when asked for explicitly.
+        bf16 = cfg.amp_dtype == "bfloat16"
+        enabled = bool(cfg.amp) and (device.type == "cuda" or bf16)
+        return cls(device, enabled, torch.bfloat16 if bf16 else torch.float16)
 
     def autocast(self):
         if not self.enabled:
@@ -90,7 +104,7 @@ def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Prec
             optimizer.zero_grad(set_to_none=True)
             num_updates += 1
             if model_ema is not None:
-                model_ema.update(getattr(model, "module", model), step=num_updates)
+                model_ema.update(unwrap(model), step=num_updates)
             if scheduler is not None:
                 scheduler.step_update(num_updates=num_updates)
         loss_sum += loss_value * images.shape[0]

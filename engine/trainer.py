@@ -122,12 +122,15 @@ def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
     loader, val_loader = train_loader(cfg, train_set, info), eval_loader(cfg, val_set, info)
 
     model.to(info.device)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
     model_ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
     net = model
     if info.distributed:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
             find_unused_parameters=has_unused_parameters(model))
+    if cfg.compile:
+        net = torch.compile(net)
     precision = Precision.from_config(cfg, info.device)
     optimizer = build_optimizer(cfg, model)
     updates_per_epoch = len(loader) // cfg.accum_iter

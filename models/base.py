@@ -89,6 +89,14 @@ class SpikingClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each transformer block in the backward pass instead of storing its
+        activations (timm's API). Outputs and gradients are unchanged."""
+        from .layers import Residual
+        for module in self.modules():
+            if isinstance(module, Residual):
+                module.grad_checkpointing = enable
+
     def get_classifier(self) -> nn.Module:
         return self.head
 

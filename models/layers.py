@@ -13,12 +13,15 @@ the layout of optimizer state in checkpoints) identical to the original's.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
 
-from .neuron import lif
+from torch.utils.checkpoint import checkpoint
+
+from .neuron import lif, reset_net
 
 
 class Unit(NamedTuple):
@@ -211,6 +214,11 @@ class Residual(nn.Module):
     ``parts`` maps the original attribute names to modules. Names in ``unused`` are registered
     but never called: some originals define LayerNorms they do not use, and their checkpoints
     (and parameter counts) include them.
+
+    With ``grad_checkpointing`` the block keeps only its input for the backward pass and runs its
+    forward again there (activation memory for all T steps of the block is not stored). The
+    neurons are reset before each run, so the recomputation starts from the same state and the
+    gradients are identical.
     """
 
     def __init__(self, parts: dict[str, nn.Module], unused: Sequence[str] = ()):
@@ -219,8 +227,40 @@ class Residual(nn.Module):
             setattr(self, name, module)
         self.unused_names = tuple(unused)
         self.residual_names = tuple(n for n in parts if n not in unused)
+        self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         for name in self.residual_names:
             x = x + self._modules[name](x)
         return x
+
+    def _run_from_reset(self, x: torch.Tensor) -> torch.Tensor:
+        reset_net(self)
+        return self._run(x)
+
+    def _contexts(self):
+        # The recomputation must not update batch-norm running statistics a second time.
+        return contextlib.nullcontext(), _FrozenBatchNormStats(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._run_from_reset, x, use_reentrant=False, context_fn=self._contexts)
+        return self._run(x)
+
+
+class _FrozenBatchNormStats:
+    """Context: batch norms of `module` normalise with batch statistics but leave their running
+    statistics untouched (momentum 0)."""
+
+    def __init__(self, module: nn.Module):
+        self.norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def __enter__(self):
+        self.saved = [(m.momentum, m.num_batches_tracked.clone()) for m in self.norms]
+        for m in self.norms:
+            m.momentum = 0.0
+
+    def __exit__(self, *exc):
+        for m, (momentum, tracked) in zip(self.norms, self.saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)

@@ -5,9 +5,14 @@ Every model in this package builds its neurons through :func:`lif`, which return
 (spikingjelly's default surrogate, ``Sigmoid(alpha=4)``; hard reset to 0).  The only
 difference is that the backend is chosen per call from the input tensor's device:
 
-* ``"auto"`` (default): spikingjelly's fused cupy kernel for CUDA tensors when cupy is
-  installed, the pure-torch loop otherwise (CPU, or CUDA without cupy, with a one-time warning).
-* ``"torch"``: always the pure-torch loop.
+* ``"auto"`` (default): spikingjelly's cupy kernel for CUDA tensors when cupy is installed (as
+  the originals run), otherwise ``"fused"`` (CPU, or CUDA without cupy, with a one-time warning).
+* ``"torch"``: always spikingjelly's pure-torch loop (the reference).
+* ``"fused"``: :class:`MultiStepLIF`, one autograd node for all T steps with a hand-written
+  backward, on any device. It performs the same floating-point operations as the reference, so
+  spikes, potentials and gradients are bit-identical (tested), with fewer temporaries and less
+  autograd overhead. It does not keep ``v_seq`` (the per-step potentials). Under float16/bfloat16
+  autocast it integrates the membrane potential in float32.
 * ``"cupy"``: always the cupy kernel; a CPU tensor or a missing cupy is an error.
 
 The default comes from the ``SNN_LIF_BACKEND`` environment variable when set. Models take a
@@ -26,7 +31,7 @@ import torch
 from spikingjelly.clock_driven import functional as _sj_functional
 from spikingjelly.clock_driven import neuron as _sj_neuron
 
-BACKENDS = ("auto", "torch", "cupy")
+BACKENDS = ("auto", "torch", "fused", "cupy")
 BACKEND_ENV = "SNN_LIF_BACKEND"
 
 _warned_cuda_without_cupy = False
@@ -70,10 +75,10 @@ def check_backend(backend: str) -> str:
 
 
 def resolve_backend(requested: str, device: torch.device) -> str:
-    """The spikingjelly backend ('torch' or 'cupy') to run for a tensor on `device`."""
+    """The implementation ('torch', 'fused' or 'cupy') to run for a tensor on `device`."""
     global _warned_cuda_without_cupy
-    if requested == "torch":
-        return "torch"
+    if requested in ("torch", "fused"):
+        return requested
     on_cuda = device.type == "cuda"
     if requested == "cupy":
         if not on_cuda:
@@ -81,15 +86,15 @@ def resolve_backend(requested: str, device: torch.device) -> str:
                                "CUDA or use backend 'auto'/'torch'")
         return "cupy"
     if not on_cuda:
-        return "torch"
+        return "fused"
     reason = cupy_unavailable_reason()
     if reason is None:
         return "cupy"
     if not _warned_cuda_without_cupy:
-        warnings.warn(f"LIF neurons run on CUDA with the slow torch backend: {reason}",
+        warnings.warn(f"LIF neurons run on CUDA without spikingjelly's cupy kernel (slower): {reason}",
                       stacklevel=3)
         _warned_cuda_without_cupy = True
-    return "torch"
+    return "fused"
 
 
 class LIF(_sj_neuron.MultiStepLIFNode):
@@ -102,14 +107,76 @@ class LIF(_sj_neuron.MultiStepLIFNode):
     def __init__(self, tau: float = 2.0, v_threshold: float = 1.0, backend: str | None = None):
         super().__init__(tau=tau, v_threshold=v_threshold, detach_reset=True, backend="torch")
         self.requested_backend = check_backend(backend or default_backend())
+        self.implementation = None  # what the last call ran: torch, fused or cupy
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        self.backend = resolve_backend(self.requested_backend, x_seq.device)
+        backend = self.implementation = resolve_backend(self.requested_backend, x_seq.device)
+        if backend == "fused":
+            self.backend = "torch"
+            v0 = self.v if isinstance(self.v, torch.Tensor) else None
+            # Under float16/bfloat16 autocast the membrane potential is still integrated in float32
+            # (spikes are exact in any precision); only convolutions and matmuls run in low precision.
+            low = x_seq.dtype in (torch.float16, torch.bfloat16)
+            spikes, v = MultiStepLIF.apply(x_seq.float() if low else x_seq, v0, float(self.tau),
+                                           float(self.v_threshold), float(self.surrogate_function.alpha))
+            self.v, self.v_seq = v, None
+            return spikes.to(x_seq.dtype) if low else spikes
+        self.backend = backend
         return super().forward(x_seq)
 
     def extra_repr(self) -> str:
         return (f"v_threshold={self.v_threshold}, tau={self.tau}, detach_reset={self.detach_reset}, "
                 f"backend={self.requested_backend}")
+
+
+class MultiStepLIF(torch.autograd.Function):
+    """All T steps of a hard-reset (to 0), detach-reset LIF with a sigmoid surrogate, as one node.
+
+    spikingjelly's step is ``h = v + (x - v) / tau``; ``s = heaviside(h - v_th)``;
+    ``v = (1 - s) * h + s * 0``. The same values with fewer operations: ``h - v_th >= 0`` exactly
+    when ``h >= v_th`` (IEEE subtraction of unequal floats is never 0), and the reset leaves ``h``
+    where there is no spike and 0 where there is one. The backward is what autograd computes
+    through spikingjelly's graph, in its order:
+    ``dh = ds * (1 - sg) * sg * alpha + dv * (1 - s)`` with ``sg = sigmoid((h - v_th) * alpha)``,
+    ``dx = dh / tau``, ``dv_prev = dh - dh / tau``. Spikes, potentials and gradients are equal to
+    spikingjelly's (up to the sign of zeros), which the tests check.
+    """
+
+    @staticmethod
+    def forward(ctx, x_seq, v0, tau: float, v_threshold: float, alpha: float):
+        h_seq = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=x_seq.device)
+        fired = torch.empty(x_seq.shape, dtype=torch.bool, device=x_seq.device)
+        v = None if v0 is None else v0.detach()
+        for t in range(x_seq.shape[0]):
+            h = h_seq[t]
+            if v is None:     # v = 0: 0 + (x - 0) / tau is x / tau
+                torch.div(x_seq[t], tau, out=h)
+            else:
+                torch.sub(x_seq[t], v, out=h).div_(tau).add_(v)
+            torch.ge(h, v_threshold, out=fired[t])
+            v = h.masked_fill(fired[t], 0.0)
+        ctx.save_for_backward(h_seq, fired)
+        ctx.tau, ctx.v_threshold, ctx.alpha = tau, v_threshold, alpha
+        ctx.mark_non_differentiable(v)
+        return fired.to(x_seq.dtype), v
+
+    @staticmethod
+    def backward(ctx, grad_spikes, grad_v_last):
+        h_seq, fired = ctx.saved_tensors
+        tau, v_threshold, alpha = ctx.tau, ctx.v_threshold, ctx.alpha
+        # Contiguous, as the gradient autograd builds for spikingjelly's loop: the batch norm before
+        # the neuron reduces over it, and a permuted layout would change its summation order.
+        grad_x = torch.empty(grad_spikes.shape, dtype=grad_spikes.dtype, device=grad_spikes.device)
+        grad_v = None
+        for t in reversed(range(grad_spikes.shape[0])):
+            sg = ((h_seq[t] - v_threshold) * alpha).sigmoid_()
+            grad_h = grad_spikes[t] * (1. - sg)
+            grad_h.mul_(sg).mul_(alpha)
+            if grad_v is not None:   # the last step's potential feeds nothing
+                grad_h.add_(grad_v.masked_fill_(fired[t], 0.0))
+            torch.div(grad_h, tau, out=grad_x[t])
+            grad_v = grad_h.sub_(grad_x[t])
+        return grad_x, None, None, None, None
 
 
 def lif(v_threshold: float = 1.0, tau: float = 2.0) -> LIF:

@@ -27,11 +27,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor, floor: float = 0.0) -> float:
     return ((a - b).abs().max() / max(b.abs().max().item(), floor, 1e-30)).item()
 
 
+@pytest.mark.parametrize("backend", ["torch", "fused"])
 @pytest.mark.parametrize("config", sorted(TINY))
-def test_same_outputs_and_gradients_as_original(config):
+def test_same_outputs_and_gradients_as_original(config, backend):
+    """Both CPU neuron implementations: spikingjelly's loop and our fused node (the default)."""
     ref = torch.load(REFERENCE / f"{config}.pt", weights_only=True)
     cls, kwargs, shape, kind = TINY[config]
-    model = getattr(models, cls)(**kwargs, backend="torch")
+    model = getattr(models, cls)(**kwargs, backend=backend)
     x = make_input(shape, kind)
     checked = []
     for key, expected in ref.items():

@@ -77,11 +77,14 @@ def test_forward_resets_state_so_repeated_calls_agree():
     assert torch.equal(model(x), first)  # no membrane potential carried over from the first call
 
 
-def test_default_backend_is_auto_and_resolves_to_torch_on_cpu():
+def test_default_backend_is_auto_and_resolves_to_fused_on_cpu():
     node = neuron.lif()
     assert node.requested_backend == "auto"
     node(torch.rand(2, 4))
-    assert node.backend == "torch"
+    assert node.implementation == "fused"
+    reference = neuron.LIF(backend="torch")
+    reference(torch.rand(2, 4))
+    assert reference.implementation == "torch"
 
 
 def test_backend_from_environment(monkeypatch):
@@ -99,7 +102,7 @@ def test_set_backend_and_model_argument():
     assert len(lifs) == 21 and {m.requested_backend for m in lifs} == {"torch"}
     models.set_backend(model, "auto")
     assert {m.requested_backend for m in lifs} == {"auto"}
-    with pytest.raises(ValueError, match="choose one of auto, torch, cupy"):
+    with pytest.raises(ValueError, match="choose one of auto, torch, fused, cupy"):
         models.set_backend(model, "cuda")
 
 
@@ -122,19 +125,21 @@ def test_cupy_unavailable_reason_names_the_fix():
 @requires_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["qkformer_cifar_4_384", "spikingformer_cifar_4_384", "sglformer_cifar_4_384"])
-def test_cupy_backend_matches_torch_backend(name):
-    if neuron.cupy_unavailable_reason():
-        pytest.skip(neuron.cupy_unavailable_reason())
+def test_gpu_backends_match_torch_backend(name):
+    """On CUDA: the fused node equals spikingjelly's loop exactly; cupy (if installed) closely."""
     torch.manual_seed(0)
     model = models.build(name, T=2).cuda().train()
     x = torch.randn(4, 3, 32, 32, device="cuda")
+    backends = ["torch", "fused"] + ([] if neuron.cupy_unavailable_reason() else ["cupy"])
     outs = {}
-    for backend in ("torch", "cupy"):
+    for backend in backends:
         models.set_backend(model, backend)
         model.zero_grad()
         y = model(x)
         y.square().sum().backward()
         outs[backend] = (y.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None])
-    torch.testing.assert_close(outs["cupy"][0], outs["torch"][0], rtol=1e-5, atol=1e-5)
-    for a, b in zip(outs["cupy"][1], outs["torch"][1]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert torch.equal(outs["fused"][0], outs["torch"][0])
+    for backend in backends[1:]:
+        torch.testing.assert_close(outs[backend][0], outs["torch"][0], rtol=1e-5, atol=1e-5)
+        for a, b in zip(outs[backend][1], outs["torch"][1]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
