@@ -34,7 +34,7 @@ class Config:
     img_size: Optional[int] = None
     num_classes: Optional[int] = None          # None: from the dataset
     fix_tb_merge: bool = False                 # fix the upstream LIF-over-T*B bug (README)
-    lif_backend: Optional[str] = None          # auto | torch | cupy (None: $SNN_LIF_BACKEND or auto)
+    lif_backend: Optional[str] = None          # auto | fused | torch | cupy (None: $SNN_LIF_BACKEND or auto)
     initial_checkpoint: Optional[str] = None   # start from these weights (fine-tuning)
     start_epoch: Optional[int] = None          # begin the schedule at this epoch (continued training)
 

@@ -121,7 +121,7 @@ class QKFormer(SpikingClassifier):
         in_chans, num_classes, T: input channels (3 images, 2 event polarities), classes,
             time steps (images are repeated T times; event inputs bring their own T).
         fix_tb_merge: fix upstream issue #14 (see :func:`models.layers.lif_on_merged_tb`).
-        backend: LIF backend, ``"auto"``/``"torch"``/``"cupy"`` (None: $SNN_LIF_BACKEND).
+        backend: LIF backend, ``"auto"``/``"fused"``/``"torch"``/``"cupy"`` (None: $SNN_LIF_BACKEND).
     """
 
     def __init__(self, layout: str = "imagenet", embed_dim: int = 384, depth: int = 10,

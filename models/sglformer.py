@@ -186,7 +186,7 @@ class SGLFormer(SpikingClassifier):
         img_size: input side; sets the STB head's token count (CIFAR/DVS).
         stem_pool: ImageNet only, ``"early"`` (8-512*, 8-768*) or ``"late"`` (8-384, 8-512).
         fix_tb_merge: fix the LIFs that see T and B merged (ImageNet only).
-        backend: LIF backend, ``"auto"``/``"torch"``/``"cupy"`` (None: $SNN_LIF_BACKEND).
+        backend: LIF backend, ``"auto"``/``"fused"``/``"torch"``/``"cupy"`` (None: $SNN_LIF_BACKEND).
     """
 
     def __init__(self, layout: str = "cifar", embed_dim: int = 384, depth: int = 1,

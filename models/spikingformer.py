@@ -45,7 +45,7 @@ class Spikingformer(SpikingClassifier):
         in_chans, num_classes, T: input channels, classes, time steps for image input.
         fix_tb_merge: accepted for a uniform interface with the other families; Spikingformer
             has no LIF over merged T and B, so it changes nothing.
-        backend: LIF backend, ``"auto"``/``"torch"``/``"cupy"`` (None: $SNN_LIF_BACKEND).
+        backend: LIF backend, ``"auto"``/``"fused"``/``"torch"``/``"cupy"`` (None: $SNN_LIF_BACKEND).
     """
 
     def __init__(self, layout: str = "imagenet", embed_dim: int = 384, depth: int = 8,
