@@ -29,6 +29,13 @@ MODEL_KEYS = ("model", "T", "embed_dim", "depth", "num_heads", "mlp_ratio", "img
               "fix_tb_merge", "dataset")
 
 
+# Config keys whose effect the checkpoint's optimizer and scheduler state restores on resume: a
+# new value would be silently overridden, so resuming with one is refused.
+SCHEDULE_KEYS = ("opt", "lr", "weight_decay", "momentum", "opt_eps", "opt_betas", "sched", "epochs",
+                 "warmup_epochs", "warmup_lr", "min_lr", "cooldown_epochs", "decay_rate", "decay_epochs",
+                 "warmup_prefix", "sched_on_updates")
+
+
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -98,5 +105,12 @@ def load_training_state(path: Path, cfg) -> dict:
     diff = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in MODEL_KEYS if saved.get(k) != now.get(k)]
     if diff:
         raise CheckpointError(f"cannot resume {path}: it was trained with a different model or dataset "
-                         f"({'; '.join(diff)})")
+                              f"({'; '.join(diff)})")
+    diff = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in SCHEDULE_KEYS if k in saved and saved[k] != now[k]]
+    if diff:
+        raise CheckpointError(
+            f"cannot resume {path} with a changed optimizer or schedule ({'; '.join(diff)}): its saved state "
+            f"would override the new values. Resume with the run's own values (its config.yaml), or start a new "
+            f"run from its weights: --initial-checkpoint {path} --start-epoch {state.get('epoch', -1) + 1} "
+            f"--experiment NEW_NAME")
     return state

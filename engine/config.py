@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import inspect
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -27,11 +29,11 @@ class Config:
     # --- what to train --------------------------------------------------------------------
     model: str = "qkformer_cifar_4_384"        # a name from models.VARIANTS
     T: Optional[int] = None                    # time steps (None: the variant's default)
-    embed_dim: Optional[int] = None            # None: the variant's default, likewise below
-    depth: Optional[int] = None
-    num_heads: Optional[int] = None
-    mlp_ratio: Optional[float] = None
-    img_size: Optional[int] = None
+    embed_dim: Optional[int] = None            # width (None: the variant's default, likewise below)
+    depth: Optional[int] = None                # number of blocks
+    num_heads: Optional[int] = None            # attention heads
+    mlp_ratio: Optional[float] = None          # MLP hidden width / embed_dim
+    img_size: Optional[int] = None             # input resolution
     num_classes: Optional[int] = None          # None: from the dataset
     fix_tb_merge: bool = False                 # fix the upstream LIF-over-T*B bug (README)
     lif_backend: Optional[str] = None          # auto | fused | torch | cupy (None: $SNN_LIF_BACKEND or auto)
@@ -166,6 +168,11 @@ def _check_keys(values: dict[str, Any], where: str) -> None:
 def _coerce(name: str, value: Any) -> Any:
     """YAML gives '1e-3' as a string and ints for floats; convert to the field's type."""
     if value is None:
+        if not FIELDS[name].type.startswith("Optional["):
+            default = FIELDS[name].default if FIELDS[name].default is not dataclasses.MISSING \
+                else FIELDS[name].default_factory()
+            raise ConfigError(f"config key '{name}' has no value (null); give one, or delete the line "
+                              f"to use the default {default!r}")
         return None
     kind = FIELDS[name].type.replace("Optional[", "").rstrip("]")
     try:
@@ -205,21 +212,38 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return {k: _coerce(k, v) for k, v in values.items()}
 
 
+def field_help() -> dict[str, str]:
+    """Each key's help text: the comment beside it in :class:`Config` plus its built-in default."""
+    comments = {}
+    for line in inspect.getsource(Config).splitlines():
+        match = re.match(r"\s+(\w+): [^#]*#\s*(.*)$", line)
+        if match:
+            comments[match[1]] = match[2]
+    out = {}
+    for f in fields(Config):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out[f.name] = (f"{comments[f.name]} " if f.name in comments else "") + f"(built-in default: {default})"
+    return out
+
+
 def build_parser(description: str) -> argparse.ArgumentParser:
     """One flag per config key (``--lr``, ``--data-dir``...), plus ``-c/--config``."""
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     parser.add_argument("-c", "--config", help="YAML file with config keys (path, or a name next to the script)")
-    group = parser.add_argument_group("config keys (override the YAML file)")
+    group = parser.add_argument_group(
+        "config keys", "Each overrides the YAML file, which overrides the built-in defaults shown here; "
+                       "the run's resolved values are written to <run dir>/config.yaml.")
+    helps = field_help()
     for f in fields(Config):
         flags = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
         kind = f.type.replace("Optional[", "").rstrip("]")
+        text = helps[f.name].replace("%", "%%")
         if kind == "bool":
-            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif kind.startswith("list"):
-            group.add_argument(*flags, dest=f.name, nargs="+", default=None, metavar="V")
+            group.add_argument(*flags, dest=f.name, nargs="+", default=None, metavar="V", help=text)
         else:
-            group.add_argument(*flags, dest=f.name, default=None, metavar=kind.upper())
+            group.add_argument(*flags, dest=f.name, default=None, metavar=kind.upper(), help=text)
     return parser
 
 
@@ -261,8 +285,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError("batch_size and val_batch_size must be >= 1")
     if cfg.amp_dtype not in ("float16", "bfloat16"):
         raise ConfigError(f"amp_dtype must be float16 or bfloat16, got {cfg.amp_dtype!r}")
-    if cfg.epochs < 1:
-        raise ConfigError(f"epochs must be >= 1, got {cfg.epochs}")
+    for key in ("epochs", "T", "effective_batch", "embed_dim", "depth", "num_heads", "img_size", "num_classes"):
+        value = getattr(cfg, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if cfg.workers < 0 or cfg.log_interval < 1:
+        raise ConfigError("workers must be >= 0 and log_interval >= 1")
 
 
 def dump(cfg: Config, path: str | os.PathLike) -> None:

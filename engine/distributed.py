@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -33,10 +35,17 @@ class DistInfo:
 def pick_device(requested: str, local_rank: int) -> torch.device:
     if requested == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {requested!r} requested but torch sees no CUDA GPU; use --device cpu")
+            raise ConfigError(f"device {requested!r} requested but torch sees no CUDA GPU; use --device cpu "
+                              f"(or install a CUDA build of torch)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {requested!r} requested but only {torch.cuda.device_count()} GPU(s) are "
+                              f"visible; use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
     return device

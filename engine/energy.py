@@ -35,6 +35,7 @@ from models.layers import SpikingSelfAttention
 from models.qkformer import TokenQKAttention
 from models.sglformer import GlobalSSA
 
+from .distributed import all_reduce_sum
 from .firing import FiringRates
 
 E_MAC_PJ, E_AC_PJ = 4.6, 0.9
@@ -132,25 +133,38 @@ class EnergyMeter:
         self._handles = []
 
     # --- results ---------------------------------------------------------------------------
-    def layers(self) -> list[LayerOps]:
-        if not self.samples:
-            raise RuntimeError("no forward pass was measured")
+    def _totals(self, device=None) -> tuple[float, dict, dict]:
+        """Samples, per-synapse counters and attention counts, summed over all processes."""
         counts = self._flops.get_flop_counts()
         root = type(self.model).__name__
-        rates = self.firing.rates()
+        rows = [[sum(counts.get(f"{root}.{n}", {}).values()), self._bias[n], *self._inputs[n],
+                 self._analog_calls[n], self._integer_calls[n]] for n in self.synapses]
+        flat = [float(self.samples)] + [v for row in rows for v in row] + [self._attn[n] for n in self.attention]
+        flat = all_reduce_sum(torch.tensor(flat, dtype=torch.float64, device=device)).tolist()
+        width = 6
+        synapses = {n: flat[1 + i * width:1 + (i + 1) * width] for i, n in enumerate(self.synapses)}
+        offset = 1 + width * len(self.synapses)
+        attention = {n: flat[offset + i] for i, n in enumerate(self.attention)}
+        return flat[0], synapses, attention
+
+    def layers(self, device=None, rates=None) -> list[LayerOps]:
+        """Per-layer counts per sample. Under torch.distributed every process must call this
+        (the counters are summed across processes), with ``device`` the process's device."""
+        samples, synapses, attention = self._totals(device)
+        if not samples:
+            raise RuntimeError("no forward pass was measured")
+        rates = self.firing.rates(device) if rates is None else rates
         out = []
         for name, module in self.synapses.items():
-            flops = sum(counts.get(f"{root}.{name}", {}).values())
-            dense = (flops / 2 + self._bias[name]) / self.samples
-            ones, elements = self._inputs[name]
-            spiking = elements > 0 and self._analog_calls[name] == 0 and not (
-                self._integer_calls[name] and self.integer_inputs == "mac")
+            flops, bias, ones, elements, analog_calls, integer_calls = synapses[name]
+            dense = (flops / 2 + bias) / samples
+            spiking = elements > 0 and analog_calls == 0 and not (integer_calls and self.integer_inputs == "mac")
             rate = ones / elements if spiking else None
             out.append(LayerOps(name, "linear" if isinstance(module, nn.Linear) else "conv", dense,
                                 macs=0.0 if spiking else dense, sops=dense * rate if spiking else 0.0,
                                 input_rate=rate))
         for name, module in self.attention.items():
-            base = self._attn[name] / self.samples
+            base = attention[name] / samples
             if isinstance(module, TokenQKAttention):
                 fq = rates[f"{name}.q_lif"]
                 out.append(LayerOps(name, "qk-attention", base, sops=base * fq, input_rate=fq))
@@ -160,11 +174,13 @@ class EnergyMeter:
             out.append(LayerOps(name, "attention", 2 * base, sops=base * (min(fk, fv) + fq), input_rate=fq))
         return out
 
-    def summary(self) -> dict:
-        layers = self.layers()
+    def summary(self, device=None) -> dict:
+        """Totals and per-layer rows; collective under torch.distributed (see :meth:`layers`)."""
+        rates = self.firing.rates(device)
+        samples = all_reduce_sum(torch.tensor([float(self.samples)], dtype=torch.float64, device=device)).item()
+        layers = self.layers(device, rates)
         macs, sops = sum(l.macs for l in layers), sum(l.sops for l in layers)
-        rates = self.firing.rates()
-        return {"samples": self.samples, "macs": macs, "sops": sops, "dense": sum(l.dense for l in layers),
+        return {"samples": int(samples), "macs": macs, "sops": sops, "dense": sum(l.dense for l in layers),
                 "energy_mj": (E_MAC_PJ * macs + E_AC_PJ * sops) * 1e-9,
                 "energy_mac_mj": E_MAC_PJ * macs * 1e-9, "energy_ac_mj": E_AC_PJ * sops * 1e-9,
                 "mean_firing_rate": sum(rates.values()) / max(len(rates), 1),

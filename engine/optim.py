@@ -11,6 +11,11 @@ import math
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 
+from .config import ConfigError
+
+# The names create_scheduler_v2 knows; it silently returns no scheduler for any other.
+TIMM_SCHEDULES = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "constant")
+
 
 def build_optimizer(cfg, model):
     """timm optimizer; biases and norm weights get no weight decay (timm's default, as upstream;
@@ -20,8 +25,12 @@ def build_optimizer(cfg, model):
         extra["eps"] = cfg.opt_eps
     if cfg.opt_betas is not None:
         extra["betas"] = tuple(cfg.opt_betas)
-    return create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                               momentum=cfg.momentum, **extra)
+    try:
+        return create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                   momentum=cfg.momentum, **extra)
+    except (ValueError, AssertionError, KeyError) as exc:
+        raise ConfigError(f"optimizer {cfg.opt!r}: {exc} (timm names: adamw, sgd, lamb, ...; "
+                          f"timm.optim.list_optimizers() lists all)") from None
 
 
 class HalfCycleCosine:
@@ -76,6 +85,9 @@ def build_scheduler(cfg, optimizer, updates_per_epoch: int, steps_per_epoch: int
     if cfg.sched == "mae_cosine":
         return HalfCycleCosine(optimizer, cfg.lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs, steps_per_epoch,
                                cfg.accum_iter), cfg.epochs
+    if cfg.sched not in TIMM_SCHEDULES:
+        raise ConfigError(f"unknown schedule {cfg.sched!r}; choose mae_cosine or one of timm's: "
+                          f"{', '.join(TIMM_SCHEDULES)}")
     return create_scheduler_v2(
         optimizer, sched=cfg.sched, num_epochs=cfg.epochs, decay_epochs=cfg.decay_epochs,
         warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,

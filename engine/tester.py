@@ -11,7 +11,7 @@ from models.checkpoint import check_compatible, extract_state_dict
 from . import distributed
 from .checkpoint import MODEL_KEYS
 from .config import Config
-from .data import build_dataset, dataset_spec
+from .data import build_dataset, dataset_spec, prepare_dataset
 from .energy import EnergyMeter, format_report, plot_firing_rates
 from .firing import FiringRates
 from .loader import eval_loader, seed_everything
@@ -53,6 +53,7 @@ def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: st
         model.load_state_dict(state_dict)
         model.to(info.device)
         precision = Precision.from_config(cfg, info.device)
+        prepare_dataset(cfg, model.T, info)
         results = []
         for size in resolutions or [None]:
             run_cfg = cfg if size is None else dataclasses.replace(cfg, img_size=size)
@@ -73,9 +74,13 @@ def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: st
                      f"top-1 {metrics['top1']:.2f}, top-5 {metrics['top5']:.2f}, loss {metrics['loss']:.4f}")
             if info.is_main:
                 print(format_rates(rates))
-            if energy_dir and info.is_main:
-                results[-1]["energy"] = _write_energy(meter, Path(energy_dir) / f"{input_size[-1]}px",
-                                                      f"{cfg.model} on {cfg.dataset}, {input_size[-1]} px, T={model.T}")
+            if energy_dir:
+                summary = meter.summary(info.device)  # collective: every rank takes part
+                results[-1]["energy"] = {k: summary[k] for k in ("energy_mj", "macs", "sops", "dense",
+                                                                 "mean_firing_rate")}
+                if info.is_main:
+                    _write_energy(summary, Path(energy_dir) / f"{input_size[-1]}px",
+                                  f"{cfg.model} on {cfg.dataset}, {input_size[-1]} px, T={model.T}")
         if info.is_main and save_json:
             Path(save_json).parent.mkdir(parents=True, exist_ok=True)
             Path(save_json).write_text(json.dumps(results if resolutions else results[0], indent=2))
@@ -86,8 +91,7 @@ def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: st
         distributed.cleanup()
 
 
-def _write_energy(meter: EnergyMeter, out: Path, title: str) -> dict:
-    summary = meter.summary()
+def _write_energy(summary: dict, out: Path, title: str) -> None:
     print(format_report(summary))
     out.mkdir(parents=True, exist_ok=True)
     (out / "energy.json").write_text(json.dumps(summary, indent=2))
@@ -99,7 +103,6 @@ def _write_energy(meter: EnergyMeter, out: Path, title: str) -> dict:
         for name, rate in summary["firing_rates"].items():
             tb.add_scalar(f"firing_rate/{name}", rate, 0)
         tb.add_text("energy/report", "<pre>" + format_report(summary) + "</pre>", 0)
-    return {k: summary[k] for k in ("energy_mj", "macs", "sops", "dense", "mean_firing_rate")}
 
 
 def format_rates(rates: dict[str, float]) -> str:

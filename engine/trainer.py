@@ -21,7 +21,7 @@ import models
 from . import distributed
 from .checkpoint import find_resume, load_training_state, save_atomic, set_rng_state, training_state
 from .config import Config, ConfigError, dump
-from .data import build_dataset, dataset_spec
+from .data import build_dataset, dataset_spec, prepare_dataset
 from .data.dvs_augment import augment_batch
 from .loader import epoch_seed, eval_loader, seed_everything, train_loader
 from .logger import RunLogger
@@ -117,6 +117,7 @@ def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
         models.load_checkpoint(model, cfg.initial_checkpoint)
         log.info(f"initial weights: {cfg.initial_checkpoint}")
     input_size, mean, std = data_settings(cfg, model)
+    prepare_dataset(cfg, model.T, info)
     train_set = build_dataset(cfg, True, input_size, mean, std, model.T)
     val_set = build_dataset(cfg, False, input_size, mean, std, model.T)
     loader, val_loader = train_loader(cfg, train_set, info), eval_loader(cfg, val_set, info)
@@ -149,7 +150,7 @@ def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
             model_ema.module.load_state_dict(state["model_ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        _load_scaler(scaler, state, cfg, log)
         set_rng_state(state["rng"])
         start_epoch, best = state["epoch"] + 1, (state["best_top1"], state["best_epoch"])
         log.info(f"resumed from {resume_path} (epoch {state['epoch']} done, best top-1 {best[0]:.2f})")
@@ -184,10 +185,9 @@ def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
                                           cfg, scheduler, model_ema, mixup_fn, bar,
                                           batch_aug=augment_batch if cfg.dvs_aug else None)
         except NonFiniteLoss as exc:
-            kept = "no checkpoint was written yet" if best[1] < 0 and start_epoch == epoch == 0 else \
-                f"{cfg.run_dir() / 'last.pth'} (epoch {epoch - 1}) is the last good checkpoint"
-            raise NonFiniteLoss(f"{exc}; stopped, {kept}. Lower --lr, set --clip-grad, or train "
-                                f"without float16 (--no-amp or --amp-dtype bfloat16).") from None
+            raise NonFiniteLoss(f"{exc}; stopped, {_last_good(cfg, epoch, start_epoch, resume_path)}. Resume "
+                                f"(--resume auto) with --clip-grad or without float16 (--no-amp or --amp-dtype "
+                                f"bfloat16), or start again with a lower --lr.") from None
         val = evaluate(net, val_loader, precision, log.progress(val_loader, len(val_loader), f"val {epoch}"),
                        amp=cfg.eval_amp)
         record = {"epoch": epoch, "train_loss": train_stats["loss"], "lr": train_stats["lr"],
@@ -199,7 +199,8 @@ def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
             metric = ema_val  # as upstream: the EMA weights decide "best" when EMA is on
         if not torch.isfinite(torch.tensor(metric["loss"])):
             raise NonFiniteLoss(f"validation loss is {metric['loss']} after epoch {epoch}; stopped, "
-                                f"{cfg.run_dir() / 'last.pth'} (epoch {epoch - 1}) is the last good checkpoint")
+                                f"{_last_good(cfg, epoch, start_epoch, resume_path)}. Resume (--resume auto) "
+                                f"with --clip-grad, or start again with a lower --lr.")
         scheduler.step(epoch + 1, metric["top1"])
         improved = metric["top1"] > best[0]
         if improved:
@@ -220,3 +221,23 @@ def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
         last_val = metric
     log.info(f"done: best top-1 {best[0]:.2f} at epoch {best[1]}; checkpoints in {cfg.run_dir()}")
     return {"best_top1": best[0], "best_epoch": best[1], "last": last_val, "run_dir": str(cfg.run_dir())}
+
+
+def _last_good(cfg: Config, epoch: int, start_epoch: int, resume_path) -> str:
+    """Which checkpoint holds the last good state when ``epoch`` fails."""
+    if epoch > start_epoch:
+        return f"{cfg.run_dir() / 'last.pth'} (epoch {epoch - 1}) is the last good checkpoint"
+    if resume_path is not None:
+        return f"{resume_path} (epoch {epoch - 1}), which this run resumed from, is the last good checkpoint"
+    return "no checkpoint was written in this run"
+
+
+def _load_scaler(scaler, state: dict, cfg: Config, log: RunLogger) -> None:
+    """The fp16 loss scale carries over when both runs use it; switching precision on resume
+    (e.g. to bfloat16 or fp32 after a NaN) starts without one, or with a fresh one."""
+    saved = state.get("config", {})
+    if (saved.get("amp"), saved.get("amp_dtype")) != (cfg.amp, cfg.amp_dtype):
+        log.info(f"precision changed on resume: amp {saved.get('amp')}/{saved.get('amp_dtype')} -> "
+                 f"{cfg.amp}/{cfg.amp_dtype}")
+    if state.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(state["scaler"])

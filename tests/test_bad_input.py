@@ -98,7 +98,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monke
     monkeypatch.setattr(trainer, "build_criterion", criterion_failing_in_epoch_1)
     cfg = config("cifar10", data, tmp_path / "out", epochs=3)
     with pytest.raises(NonFiniteLoss, match=r"loss is nan at epoch 1, step 0; stopped, .*last\.pth \(epoch 0\) "
-                                            r"is the last good checkpoint\. Lower --lr"):
+                                            r"is the last good checkpoint\. Resume \(--resume auto\) with --clip-grad"):
         trainer.train(cfg)
     kept = models.safe_load(cfg.run_dir() / "last.pth")
     assert kept["epoch"] == 0 and all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
@@ -119,3 +119,88 @@ def test_atomic_save_leaves_old_checkpoint_intact(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert models.safe_load(path) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_null_and_out_of_range_config_values(tmp_path):
+    from engine.config import load_yaml, make_config
+    empty = tmp_path / "empty.yml"
+    empty.write_text("model: qkformer_cifar_4_384\nepochs:\n")     # a key left without a value
+    with pytest.raises(ConfigError, match=r"config key 'epochs' has no value \(null\).*default 300"):
+        load_yaml(empty)
+    for key in ("T", "effective_batch", "epochs", "depth"):
+        with pytest.raises(ConfigError, match=f"{key} must be >= 1, got 0"):
+            make_config({}, {key: "0"})
+
+
+def test_unknown_device_optimizer_and_schedule(tmp_path):
+    from engine.config import make_config
+    from engine.distributed import pick_device
+    from engine.optim import build_optimizer, build_scheduler
+    with pytest.raises(ConfigError, match="unknown device 'gpu0'; use auto, cpu, cuda or cuda:N"):
+        pick_device("gpu0", 0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="torch sees no CUDA GPU; use --device cpu"):
+            pick_device("cuda", 0)
+    net = torch.nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match="optimizer 'adamx'.*list_optimizers"):
+        build_optimizer(make_config({}, {"opt": "adamx"}), net)
+    cfg = make_config({}, {"sched": "cosin"})
+    with pytest.raises(ConfigError, match="unknown schedule 'cosin'; choose mae_cosine or one of timm's: cosine"):
+        build_scheduler(cfg, build_optimizer(cfg, net), 10, 10)
+
+
+def test_device_and_model_errors_on_the_command_line(tmp_path):
+    if not torch.cuda.is_available():
+        code, err = run_cli(TRAIN, "--device", "cuda", "--output", str(tmp_path))
+        assert code == 2 and err.count("\n") == 0 and "no CUDA GPU; use --device cpu" in err
+    code, err = run_cli(str(ROOT / "tools" / "energy.py"), "--model", "qkformer_11_384", "--fake", "--out", str(tmp_path))
+    assert code == 2 and err.count("\n") == 0 and err.startswith("error: unknown model 'qkformer_11_384'")
+
+
+def test_resume_refuses_a_changed_schedule(data, tmp_path):
+    cfg = config("cifar10", data, tmp_path / "out", epochs=2)
+    trainer.train(cfg)
+    with pytest.raises(models.CheckpointError, match=r"changed optimizer or schedule \(lr: 0\.01 -> 0\.02; "
+                                                     r"epochs: 2 -> 4\).*--initial-checkpoint .*last\.pth "
+                                                     r"--start-epoch 2"):
+        trainer.train(config("cifar10", data, tmp_path / "out", epochs=4, lr=2e-2, resume="auto"))
+
+
+def test_resume_across_precision_changes_keeps_or_resets_the_loss_scale():
+    from engine.trainer import _load_scaler
+
+    class Log:
+        lines = []
+
+        def info(self, line):
+            self.lines.append(line)
+
+    from engine.config import make_config
+    fp16 = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    saved_fp16 = {"scaler": fp16.state_dict(), "config": {"amp": True, "amp_dtype": "float16"}}
+    saved_fp32 = {"scaler": {}, "config": {"amp": False, "amp_dtype": "float16"}}
+    cfg16 = make_config({}, {"amp": True, "amp_dtype": "float16"})
+    fresh = torch.amp.GradScaler("cpu", init_scale=8.0)
+    _load_scaler(fresh, saved_fp16, cfg16, Log())                 # same precision: the scale carries over
+    assert fresh.get_scale() == 1024.0
+    fresh = torch.amp.GradScaler("cpu", init_scale=8.0)
+    log = Log()
+    _load_scaler(fresh, saved_fp32, cfg16, log)                    # fp32 -> fp16: a fresh scaler, no crash
+    assert fresh.get_scale() == 8.0 and "precision changed on resume" in log.lines[-1]
+    off = torch.amp.GradScaler("cpu", enabled=False)
+    _load_scaler(off, saved_fp16, make_config({}, {"amp": False}), Log())   # fp16 -> fp32: scale dropped
+    assert not off.is_enabled()
+
+
+def test_nan_validation_loss_in_the_first_epoch_names_no_checkpoint(data, tmp_path, monkeypatch):
+    real = trainer.evaluate
+
+    def nan_loss(*args, **kwargs):
+        return {**real(*args, **kwargs), "loss": float("nan")}
+
+    monkeypatch.setattr(trainer, "evaluate", nan_loss)
+    cfg = config("cifar10", data, tmp_path / "out", epochs=2)
+    with pytest.raises(NonFiniteLoss, match=r"validation loss is nan after epoch 0; stopped, no checkpoint was "
+                                            r"written in this run\. Resume \(--resume auto\) with --clip-grad"):
+        trainer.train(cfg)
+    assert not (cfg.run_dir() / "last.pth").exists()

@@ -203,3 +203,42 @@ def test_train_sglformer_on_gesture(gesture, tmp_path):
     head = models.safe_load(cfg.run_dir() / "last.pth")["model"]["full_size_conv.weight"]
     assert head.shape == (24, 1, 64, T)                 # the STB head is built for the data's T
     assert 0 <= summary["best_top1"] <= 100
+
+
+def test_torchrun_prepares_raw_data_once(tmp_path):
+    """Two processes start from raw files: rank 0 builds the frame cache while rank 1 waits
+    (otherwise rank 1 finds rank 0's half-built cache and stops, or both write it)."""
+    import os
+    root = tmp_path / "gesture"
+    write_dvs128gesture(root, train_users=(1,), test_users=(24,))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "dvs128-gesture" / "train.py"), "-c", "qkformer.yml", "--data-dir", str(root),
+           "--output", str(tmp_path / "out"), "--epochs", "1", "--embed-dim", "16", "--num-heads", "1",
+           "--T", "2", "--batch-size", "2", "--val-batch-size", "4", "--workers", "0",
+           "--device", "cpu", "--warmup-epochs", "0", "--cooldown-epochs", "0", "--no-progress",
+           "--no-tensorboard", "--no-dvs-aug", "--mixup", "0", "--cutmix", "0"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "[rank 1/2] joined" in out.stdout + out.stderr
+    assert sorted(p.name for p in root.iterdir()) == ["download", "events_np", "extract", "frames_number_2_split_by_number"]
+    assert json.loads((root / "frames_number_2_split_by_number" / ".complete").read_text()) == {"samples": 22}
+
+
+def test_prepare_dataset_runs_on_the_right_ranks(monkeypatch):
+    """Rank 0 first, then the first process of every other node; errors reach every rank."""
+    from engine import data
+    from engine.distributed import DistInfo
+    calls = []
+    spec = data.DatasetSpec(10, None, prepare=lambda cfg, T: calls.append(T))
+    monkeypatch.setitem(data.DATASETS, "probe", spec)
+    cfg = make_config({}, {"dataset": "probe"})
+    for rank, local in ((0, 0), (1, 1), (2, 0), (3, 1)):
+        calls.clear()
+        data.prepare_dataset(cfg, 7, DistInfo(rank=rank, world_size=4, local_rank=local))
+        assert calls == ([7] if local == 0 else []), (rank, local)
+
+    def broken(cfg, T):
+        raise DataError("no raw files")
+    monkeypatch.setitem(data.DATASETS, "probe", data.DatasetSpec(10, None, prepare=broken))
+    with pytest.raises(DataError, match="no raw files"):
+        data.prepare_dataset(cfg, 7, DistInfo(rank=0, world_size=2))

@@ -103,15 +103,23 @@ def test_distributed_evaluation_equals_single_process(imagenet, tmp_path):
     common = ["--checkpoint", str(ckpt), "--model", "spikingformer_8_384", "--embed-dim", "32", "--depth", "1",
               "--num-heads", "2", "--T", "1", "--data-dir", str(imagenet), "--workers", "0", "--device", "cpu",
               "--img-size", "32", "--val-batch-size", "3"]
-    single = subprocess.run([sys.executable, TEST, *common, "--save-json", str(tmp_path / "a.json")],
-                            capture_output=True, text=True)
-    multi = torchrun(TEST, *common, "--save-json", str(tmp_path / "b.json"))
+    single = subprocess.run([sys.executable, TEST, *common, "--save-json", str(tmp_path / "a.json"),
+                             "--energy", str(tmp_path / "energy_a")], capture_output=True, text=True)
+    multi = torchrun(TEST, *common, "--save-json", str(tmp_path / "b.json"), "--energy", str(tmp_path / "energy_b"))
     assert single.returncode == 0 and multi.returncode == 0, multi.stderr[-2000:]
     a, b = json.loads((tmp_path / "a.json").read_text()), json.loads((tmp_path / "b.json").read_text())
     assert a["samples"] == b["samples"] == 16
     for key in ("top1", "top5", "loss"):
         assert a[key] == pytest.approx(b[key], rel=1e-6)
     assert a["firing_rates"] == pytest.approx(b["firing_rates"], rel=1e-6)
+    # Energy counters are summed over both ranks before rank 0 alone writes the report.
+    ea, eb = (json.loads((tmp_path / d / "32px" / "energy.json").read_text()) for d in ("energy_a", "energy_b"))
+    assert ea["samples"] == eb["samples"] == 16 and ea["macs"] > 0 and ea["mean_firing_rate"] > 0
+    for key in ("macs", "sops", "dense", "energy_mj"):
+        assert ea[key] == pytest.approx(eb[key], rel=1e-6), key
+    assert a["energy"]["sops"] == pytest.approx(b["energy"]["sops"], rel=1e-6)
+    assert sorted(p.name for p in (tmp_path / "energy_b" / "32px").iterdir()) == [
+        "energy.json", "firing_rates.png", "tensorboard"]
 
 
 def test_imagenet_layout_errors(tmp_path):

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
 from engine.cli import USER_ERRORS  # noqa: E402
-from engine.config import Config, load_yaml, make_config  # noqa: E402
+from engine.config import Config, ConfigError, load_yaml, make_config  # noqa: E402
 from engine.energy import EnergyMeter, format_report, plot_firing_rates  # noqa: E402
 
 
@@ -84,11 +84,13 @@ def run(args) -> dict:
     overrides = {k: v for k, v in dict(model=args.model, data_dir=args.data_dir, dataset=args.dataset, T=args.T,
                                         img_size=args.img_size, num_classes=args.num_classes).items() if v is not None}
     cfg = make_config(values, overrides)
+    if cfg.model not in models.VARIANTS:
+        raise ConfigError(f"unknown model {cfg.model!r}; choose one of {', '.join(models.VARIANTS)}")
     if args.checkpoint:
         from engine.tester import config_for_checkpoint
         cfg = config_for_checkpoint(cfg, models.safe_load(args.checkpoint), set(overrides))
     if not args.fake and not args.data_dir:
-        raise models.CheckpointError("give --data-dir (measured firing rates) or --fake (random input)")
+        raise ConfigError("give --data-dir (measured firing rates) or --fake (random input)")
     from engine.trainer import build_model
     from engine.data import dataset_spec
     num_classes = cfg.num_classes or (dataset_spec(cfg.dataset).num_classes(cfg) if args.data_dir else None)
