@@ -167,8 +167,11 @@ def _check_keys(values: dict[str, Any], where: str) -> None:
 
 def _coerce(name: str, value: Any) -> Any:
     """YAML gives '1e-3' as a string and ints for floats; convert to the field's type."""
+    optional = FIELDS[name].type.startswith("Optional[")
+    if optional and isinstance(value, str) and value.lower() in ("none", "null", ""):
+        return None  # "--lr none", "--aa none": unset an optional key from the command line
     if value is None:
-        if not FIELDS[name].type.startswith("Optional["):
+        if not optional:
             default = FIELDS[name].default if FIELDS[name].default is not dataclasses.MISSING \
                 else FIELDS[name].default_factory()
             raise ConfigError(f"config key '{name}' has no value (null); give one, or delete the line "
@@ -257,18 +260,28 @@ def resolve_config_path(name: str | None, script_dir: Path, default: str) -> Pat
     return script_dir / name
 
 
+def _learning_rate_layer(layer: dict[str, Any], values: dict[str, Any], where: str) -> None:
+    """``lr`` (absolute) and ``blr`` (scaled by the batch) are one setting: the layer that sets one
+    of them replaces both, so ``--blr`` on the command line overrides a YAML ``lr`` and a YAML with
+    only ``blr`` is not shadowed by the built-in ``lr``. One layer setting both is ambiguous."""
+    given = [k for k in ("lr", "blr") if layer.get(k) is not None]
+    if len(given) == 2:
+        raise ConfigError(f"{where} sets both lr ({layer['lr']}) and blr ({layer['blr']}); keep one: lr is the "
+                          f"absolute learning rate, blr is scaled by effective batch / 256")
+    if given:
+        other = "blr" if given[0] == "lr" else "lr"
+        values[other] = None
+
+
 def make_config(yaml_values: dict[str, Any], cli_values: dict[str, Any]) -> Config:
     values = dict(yaml_values)
-    for key, value in cli_values.items():
-        if value is not None and key in FIELDS:
-            values[key] = _coerce(key, value)
+    _learning_rate_layer(yaml_values, values, "the YAML file")
+    cli = {k: _coerce(k, v) for k, v in cli_values.items() if v is not None and k in FIELDS}
+    _learning_rate_layer(cli, values, "the command line")
+    values.update(cli)
     for key, value in values.items():
         if value is not None:
             values[key] = _coerce(key, value)
-    if isinstance(values.get("aa"), str) and values["aa"].lower() in ("none", ""):
-        values["aa"] = None
-    if isinstance(values.get("resume"), str) and values["resume"].lower() in ("none", ""):
-        values["resume"] = None
     cfg = Config(**values)
     validate(cfg)
     return cfg

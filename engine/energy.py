@@ -24,8 +24,11 @@ released tool (``energy_consumption_calculation/``) implements:
 """
 from __future__ import annotations
 
+import csv
+import json
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -216,3 +219,17 @@ def plot_firing_rates(rates: dict[str, float], path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def write_report(summary: dict, out, title: str) -> list[Path]:
+    """``energy.json`` (everything), ``layers.csv`` (one row per layer) and ``firing_rates.png`` in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "energy.json", out / "layers.csv", out / "firing_rates.png"]
+    paths[0].write_text(json.dumps(summary, indent=2))
+    with open(paths[1], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(summary["layers"][0]))
+        writer.writeheader()
+        writer.writerows(summary["layers"])
+    plot_firing_rates(summary["firing_rates"], paths[2], title)
+    return paths

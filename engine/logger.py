@@ -20,29 +20,39 @@ class RunLogger:
         self.log_interval = max(1, log_interval)
         # Progress bars only on an interactive terminal; in logs, periodic lines instead.
         self.use_bar = enabled and progress and sys.stderr.isatty()
+        self.tensorboard = tensorboard
         self.writer = None
-        if enabled and run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if tensorboard:
+        self._opened = False
+
+    def _open(self) -> bool:
+        """Create the run folder (and TensorBoard writer) on first use, so a run that fails while
+        it is being set up (bad model, missing data) leaves no empty folder behind."""
+        if not self.enabled or self.run_dir is None:
+            return False
+        if not self._opened:
+            self._opened = True
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+                self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        return True
 
     def info(self, msg: str) -> None:
         if not self.enabled:
             return
         line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}"
         print(line, flush=True)
-        if self.run_dir is not None:
+        if self._open():
             with open(self.run_dir / "log.txt", "a") as f:
                 f.write(line + "\n")
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        if self.writer is not None:
+        if self._open() and self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
 
     def epoch_record(self, record: dict) -> None:
-        if self.enabled and self.run_dir is not None:
+        if self._open():
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         if self.writer is not None:

@@ -10,9 +10,9 @@ from models.checkpoint import check_compatible, extract_state_dict
 
 from . import distributed
 from .checkpoint import MODEL_KEYS
-from .config import Config
+from .config import Config, ConfigError
 from .data import build_dataset, dataset_spec, prepare_dataset
-from .energy import EnergyMeter, format_report, plot_firing_rates
+from .energy import EnergyMeter, format_report, write_report
 from .firing import FiringRates
 from .loader import eval_loader, seed_everything
 from .logger import RunLogger
@@ -31,6 +31,17 @@ def config_for_checkpoint(cfg: Config, checkpoint: dict, explicit: set[str] = fr
     return Config(**values)
 
 
+def check_dataset(cfg: Config, checkpoint: dict, explicit: set[str] = frozenset()) -> None:
+    """A checkpoint of ours records its dataset; evaluating it on another one (e.g. a CIFAR100
+    model from cifar10/test.py) would print a meaningless accuracy, so it needs an explicit
+    ``--dataset``."""
+    saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    trained_on = saved.get("dataset") if isinstance(saved, dict) else None
+    if trained_on and trained_on != cfg.dataset and "dataset" not in explicit:
+        raise ConfigError(f"the checkpoint was trained on {trained_on} but this config evaluates {cfg.dataset}; "
+                          f"use the {trained_on} folder's test.py, or pass --dataset {cfg.dataset} if you mean it")
+
+
 def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: str | None = None,
          local_rank: int | None = None, explicit: set[str] = frozenset(),
          resolutions: list[int] | None = None, energy_dir: str | None = None) -> list[dict]:
@@ -44,6 +55,7 @@ def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: st
                     log_interval=cfg.log_interval)
     try:
         checkpoint = models.safe_load(checkpoint_path)
+        check_dataset(cfg, checkpoint, explicit)
         cfg = config_for_checkpoint(cfg, checkpoint, explicit)
         seed_everything(cfg.seed)
         num_classes = cfg.num_classes or dataset_spec(cfg.dataset).num_classes(cfg)
@@ -93,9 +105,7 @@ def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: st
 
 def _write_energy(summary: dict, out: Path, title: str) -> None:
     print(format_report(summary))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "energy.json").write_text(json.dumps(summary, indent=2))
-    plot_firing_rates(summary["firing_rates"], out / "firing_rates.png", title)
+    write_report(summary, out, title)
     from torch.utils.tensorboard import SummaryWriter
     with SummaryWriter(str(out / "tensorboard")) as tb:
         for key in ("energy_mj", "macs", "sops", "mean_firing_rate"):

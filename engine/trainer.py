@@ -109,7 +109,10 @@ def _agree_on_resume(cfg: Config, info) -> Path | None:
 
 def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
     accum, lr = cfg.resolve_batching(info.world_size)
-    cfg = dataclasses.replace(cfg, accum_iter=accum, lr=lr)
+    if cfg.lr is None:
+        log.info(f"lr {lr:.4g} = blr {cfg.blr:g} x effective batch {cfg.batch_size * accum * info.world_size} / 256")
+    # From here on lr is absolute (config.yaml and checkpoints record it, without blr).
+    cfg = dataclasses.replace(cfg, accum_iter=accum, lr=lr, blr=None)
     seed_everything(cfg.seed)  # the same initial weights on every rank (and so the same EMA)
     num_classes = cfg.num_classes or dataset_spec(cfg.dataset).num_classes(cfg)
     model = build_model(cfg, num_classes)
@@ -146,8 +149,12 @@ def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
     if resume_path is not None:
         state = load_training_state(resume_path, cfg)
         model.load_state_dict(state["model"])
-        if model_ema is not None and state.get("model_ema") is not None:
-            model_ema.module.load_state_dict(state["model_ema"])
+        if model_ema is not None:
+            if state.get("model_ema") is not None:
+                model_ema.module.load_state_dict(state["model_ema"])
+            else:  # EMA switched on at resume: average from the resumed weights, not the initial ones
+                model_ema.set(model)
+                log.info("the checkpoint has no EMA weights: the EMA starts from the resumed model")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _load_scaler(scaler, state, cfg, log)
@@ -161,6 +168,7 @@ def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
         scheduler.step(start_epoch)  # as upstream: the schedule continues where the epoch count says
 
     if info.is_main:
+        cfg.run_dir().mkdir(parents=True, exist_ok=True)
         dump(cfg, cfg.run_dir() / "config.yaml")
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info(f"{cfg.model}: {n_params:,} parameters, T={model.T}, {num_classes} classes, "
@@ -192,10 +200,11 @@ def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
                        amp=cfg.eval_amp)
         record = {"epoch": epoch, "train_loss": train_stats["loss"], "lr": train_stats["lr"],
                   **{f"val_{k}": v for k, v in val.items()}}
-        metric = val
+        metric, scalars = val, {f"val/{k}": val[k] for k in ("loss", "top1", "top5")}
         if model_ema is not None:
             ema_val = evaluate(model_ema.module, val_loader, precision, amp=cfg.eval_amp)
             record.update({f"ema_val_{k}": v for k, v in ema_val.items()})
+            scalars.update({f"ema_val/{k}": ema_val[k] for k in ("loss", "top1", "top5")})
             metric = ema_val  # as upstream: the EMA weights decide "best" when EMA is on
         if not torch.isfinite(torch.tensor(metric["loss"])):
             raise NonFiniteLoss(f"validation loss is {metric['loss']} after epoch {epoch}; stopped, "
@@ -212,14 +221,17 @@ def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
             if improved:
                 save_atomic(state, cfg.run_dir() / "best.pth")
         distributed.barrier()
-        log.scalars({"train/loss": train_stats["loss"], "train/lr": train_stats["lr"],
-                     "val/loss": metric["loss"], "val/top1": metric["top1"], "val/top5": metric["top5"]}, epoch)
+        log.scalars({"train/loss": train_stats["loss"], "train/lr": train_stats["lr"], **scalars}, epoch)
         log.epoch_record(record)
-        log.info(f"epoch {epoch}: train loss {train_stats['loss']:.4f}, val loss {metric['loss']:.4f}, "
-                 f"top-1 {metric['top1']:.2f}, top-5 {metric['top5']:.2f} (best {best[0]:.2f} @ {best[1]}), "
+        ema_text = "" if model_ema is None else \
+            f"; EMA: val loss {metric['loss']:.4f}, top-1 {metric['top1']:.2f}, top-5 {metric['top5']:.2f}"
+        log.info(f"epoch {epoch}: train loss {train_stats['loss']:.4f}, val loss {val['loss']:.4f}, "
+                 f"top-1 {val['top1']:.2f}, top-5 {val['top5']:.2f}{ema_text} "
+                 f"(best{' EMA' if model_ema is not None else ''} {best[0]:.2f} @ {best[1]}), "
                  f"{record['epoch_time']:.0f}s")
         last_val = metric
-    log.info(f"done: best top-1 {best[0]:.2f} at epoch {best[1]}; checkpoints in {cfg.run_dir()}")
+    log.info(f"done: best{' EMA' if model_ema is not None else ''} top-1 {best[0]:.2f} at epoch {best[1]}; "
+             f"checkpoints in {cfg.run_dir()}")
     return {"best_top1": best[0], "best_epoch": best[1], "last": last_val, "run_dir": str(cfg.run_dir())}
 
 

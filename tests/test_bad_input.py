@@ -204,3 +204,27 @@ def test_nan_validation_loss_in_the_first_epoch_names_no_checkpoint(data, tmp_pa
                                             r"written in this run\. Resume \(--resume auto\) with --clip-grad"):
         trainer.train(cfg)
     assert not (cfg.run_dir() / "last.pth").exists()
+
+
+def test_failed_setup_leaves_no_run_folder(data, tmp_path):
+    cfg = config("cifar10", data, tmp_path / "out", epochs=1, num_heads=5, tensorboard=True)  # 32 % 5 != 0
+    with pytest.raises(ConfigError, match="cannot build qkformer_cifar_4_384"):
+        trainer.train(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_ema_switched_on_at_resume_starts_from_the_resumed_weights(data, tmp_path):
+    cfg = config("cifar10", data, tmp_path / "out", epochs=2)
+    trainer.train(cfg)
+    last = cfg.run_dir() / "last.pth"
+    state = models.safe_load(last)
+    state["epoch"] = 0                      # as if killed after epoch 0
+    torch.save(state, last)
+    # decay 1: the EMA never moves from where it starts, so it must equal the resumed weights
+    trainer.train(config("cifar10", data, tmp_path / "out", epochs=2, resume="auto", model_ema=True,
+                         model_ema_decay=1.0))
+    ema = models.safe_load(last)["model_ema"]
+    assert all(torch.equal(ema[k], state["model"][k]) for k in ema if ema[k].is_floating_point())
+    log = (cfg.run_dir() / "log.txt").read_text()
+    assert "the EMA starts from the resumed model" in log
+    assert "; EMA: val loss" in log and "(best EMA " in log

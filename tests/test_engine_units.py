@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -118,3 +119,31 @@ def test_posterize_zero_bits_is_black_like_old_pillow():
 def test_dist_info_defaults():
     info = DistInfo()
     assert info.is_main and not info.distributed and info.device.type == "cpu"
+
+
+def test_lr_and_blr_are_one_setting():
+    from engine.config import ConfigError
+    mae = {"lr": None, "blr": 6e-4, "batch_size": 32, "effective_batch": 512}
+    assert make_config({"blr": 6e-4, "batch_size": 32}, {}).resolve_batching(8) == (1, pytest.approx(6e-4))
+    assert make_config(mae, {}).resolve_batching(8) == (2, pytest.approx(1.2e-3))
+    assert make_config(mae, {"lr": "1e-3"}).resolve_batching(8)[1] == 1e-3          # --lr replaces blr
+    cfg = make_config({"lr": 5e-4, "batch_size": 128}, {"blr": "1e-3"})                # --blr replaces lr
+    assert cfg.lr is None and cfg.resolve_batching(2)[1] == pytest.approx(1e-3 * 256 / 256)
+    cfg = make_config({"lr": 5e-4}, {"lr": "none", "blr": "6e-4"})                    # --lr none --blr 6e-4
+    assert cfg.lr is None and cfg.blr == 6e-4
+    assert make_config({"aa": "rand-m9-n1"}, {"aa": "None"}).aa is None
+    with pytest.raises(ConfigError, match="sets both lr .* and blr"):
+        make_config({"lr": 5e-4, "blr": 6e-4}, {})
+    with pytest.raises(ConfigError, match="the command line sets both lr"):
+        make_config({}, {"lr": "1e-3", "blr": "1e-3"})
+
+
+def test_test_refuses_a_checkpoint_of_another_dataset():
+    from engine.config import ConfigError
+    from engine.tester import check_dataset
+    checkpoint = {"model": {}, "config": {"dataset": "cifar100", "model": "qkformer_cifar_4_384"}}
+    with pytest.raises(ConfigError, match="trained on cifar100 but this config evaluates cifar10.*--dataset cifar10"):
+        check_dataset(make_config({}, {"dataset": "cifar10"}), checkpoint)
+    check_dataset(make_config({}, {"dataset": "cifar10"}), checkpoint, explicit={"dataset"})
+    check_dataset(make_config({}, {"dataset": "cifar100"}), checkpoint)
+    check_dataset(make_config({}, {}), {"state_dict": {}})                           # an original checkpoint

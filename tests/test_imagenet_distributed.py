@@ -119,7 +119,7 @@ def test_distributed_evaluation_equals_single_process(imagenet, tmp_path):
         assert ea[key] == pytest.approx(eb[key], rel=1e-6), key
     assert a["energy"]["sops"] == pytest.approx(b["energy"]["sops"], rel=1e-6)
     assert sorted(p.name for p in (tmp_path / "energy_b" / "32px").iterdir()) == [
-        "energy.json", "firing_rates.png", "tensorboard"]
+        "energy.json", "firing_rates.png", "layers.csv", "tensorboard"]
 
 
 def test_imagenet_layout_errors(tmp_path):

@@ -11,8 +11,6 @@ engine/energy.py and the README ("Energy and firing rates").
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 from pathlib import Path
 
@@ -23,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import models  # noqa: E402
 from engine.cli import USER_ERRORS  # noqa: E402
 from engine.config import Config, ConfigError, load_yaml, make_config  # noqa: E402
-from engine.energy import EnergyMeter, format_report, plot_firing_rates  # noqa: E402
+from engine.energy import EnergyMeter, format_report, write_report  # noqa: E402
 
 
 def fake_batches(model, batch_size: int, batches: int, seed: int, event_rate: float):
@@ -109,16 +107,8 @@ def run(args) -> dict:
     summary.update(model=cfg.model, T=model.T, input="fake" if args.fake else cfg.dataset,
                    checkpoint=args.checkpoint, integer_inputs=args.integer_inputs)
     print(format_report(summary))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "energy.json").write_text(json.dumps(summary, indent=2))
-    with open(out / "layers.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(summary["layers"][0]))
-        writer.writeheader()
-        writer.writerows(summary["layers"])
-    plot_firing_rates(summary["firing_rates"], out / "firing_rates.png",
-                      f"{cfg.model}, T={model.T}, {summary['input']} input")
-    print(f"written: {out / 'energy.json'}, {out / 'layers.csv'}, {out / 'firing_rates.png'}")
+    paths = write_report(summary, args.out, f"{cfg.model}, T={model.T}, {summary['input']} input")
+    print(f"written: {', '.join(str(p) for p in paths)}")
     return summary
 
 
