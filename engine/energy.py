@@ -150,13 +150,15 @@ class EnergyMeter:
         attention = {n: flat[offset + i] for i, n in enumerate(self.attention)}
         return flat[0], synapses, attention
 
-    def layers(self, device=None, rates=None) -> list[LayerOps]:
+    def layers(self, device=None) -> list[LayerOps]:
         """Per-layer counts per sample. Under torch.distributed every process must call this
         (the counters are summed across processes), with ``device`` the process's device."""
-        samples, synapses, attention = self._totals(device)
+        return self._layer_ops(self._totals(device), self.firing.rates(device))
+
+    def _layer_ops(self, totals: tuple[float, dict, dict], rates: dict[str, float]) -> list[LayerOps]:
+        samples, synapses, attention = totals
         if not samples:
             raise RuntimeError("no forward pass was measured")
-        rates = self.firing.rates(device) if rates is None else rates
         out = []
         for name, module in self.synapses.items():
             flops, bias, ones, elements, analog_calls, integer_calls = synapses[name]
@@ -180,10 +182,10 @@ class EnergyMeter:
     def summary(self, device=None) -> dict:
         """Totals and per-layer rows; collective under torch.distributed (see :meth:`layers`)."""
         rates = self.firing.rates(device)
-        samples = all_reduce_sum(torch.tensor([float(self.samples)], dtype=torch.float64, device=device)).item()
-        layers = self.layers(device, rates)
+        totals = self._totals(device)
+        layers = self._layer_ops(totals, rates)
         macs, sops = sum(l.macs for l in layers), sum(l.sops for l in layers)
-        return {"samples": int(samples), "macs": macs, "sops": sops, "dense": sum(l.dense for l in layers),
+        return {"samples": int(totals[0]), "macs": macs, "sops": sops, "dense": sum(l.dense for l in layers),
                 "energy_mj": (E_MAC_PJ * macs + E_AC_PJ * sops) * 1e-9,
                 "energy_mac_mj": E_MAC_PJ * macs * 1e-9, "energy_ac_mj": E_AC_PJ * sops * 1e-9,
                 "mean_firing_rate": sum(rates.values()) / max(len(rates), 1),

@@ -20,11 +20,17 @@ from .train_loop import Precision, evaluate
 from .trainer import build_model, data_settings
 
 
+def saved_config(checkpoint) -> dict | None:
+    """The config dict our checkpoints carry; None for the original repositories' layouts."""
+    saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    return saved if isinstance(saved, dict) else None
+
+
 def config_for_checkpoint(cfg: Config, checkpoint: dict, explicit: set[str] = frozenset()) -> Config:
     """Our checkpoints carry their config: the model-defining keys come from it, unless given on
     the command line (``explicit``), e.g. ``--img-size 384`` to evaluate at another resolution."""
-    saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
-    if not isinstance(saved, dict):
+    saved = saved_config(checkpoint)
+    if saved is None:
         return cfg  # an original repository's checkpoint: the YAML/CLI config describes the model
     values = cfg.to_dict()
     values.update({k: saved[k] for k in MODEL_KEYS if k in saved and k != "dataset" and k not in explicit})
@@ -35,8 +41,7 @@ def check_dataset(cfg: Config, checkpoint: dict, explicit: set[str] = frozenset(
     """A checkpoint of ours records its dataset; evaluating it on another one (e.g. a CIFAR100
     model from cifar10/test.py) would print a meaningless accuracy, so it needs an explicit
     ``--dataset``."""
-    saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
-    trained_on = saved.get("dataset") if isinstance(saved, dict) else None
+    trained_on = (saved_config(checkpoint) or {}).get("dataset")
     if trained_on and trained_on != cfg.dataset and "dataset" not in explicit:
         raise ConfigError(f"the checkpoint was trained on {trained_on} but this config evaluates {cfg.dataset}; "
                           f"use the {trained_on} folder's test.py, or pass --dataset {cfg.dataset} if you mean it")

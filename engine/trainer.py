@@ -29,9 +29,11 @@ from .optim import build_optimizer, build_scheduler
 from .train_loop import NonFiniteLoss, Precision, evaluate, train_one_epoch
 
 
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
+def build_model(cfg: Config, num_classes: int | None) -> nn.Module:
+    """The configured variant; ``num_classes`` None keeps the variant's own head."""
     overrides = cfg.model_overrides()
-    overrides["num_classes"] = num_classes
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
     if cfg.model not in models.VARIANTS:
         raise ConfigError(f"unknown model {cfg.model!r}; choose one of {', '.join(models.VARIANTS)}")
     try:
@@ -109,8 +111,7 @@ def _agree_on_resume(cfg: Config, info) -> Path | None:
 
 def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
     accum, lr = cfg.resolve_batching(info.world_size)
-    if cfg.lr is None:
-        log.info(f"lr {lr:.4g} = blr {cfg.blr:g} x effective batch {cfg.batch_size * accum * info.world_size} / 256")
+    lr_origin = "" if cfg.lr is not None else f" (= blr {cfg.blr:g} x effective batch / 256)"
     # From here on lr is absolute (config.yaml and checkpoints record it, without blr).
     cfg = dataclasses.replace(cfg, accum_iter=accum, lr=lr, blr=None)
     seed_everything(cfg.seed)  # the same initial weights on every rank (and so the same EMA)
@@ -177,7 +178,7 @@ def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
     log.info(f"data: {cfg.dataset} train {len(train_set)} / val {len(val_set)}; "
              f"{len(loader)} steps per epoch; effective batch "
              f"{cfg.batch_size * cfg.accum_iter * info.world_size} = {cfg.batch_size} x {info.world_size} "
-             f"processes x accum {cfg.accum_iter}; lr {cfg.lr:.3g}; {total_epochs} epochs "
+             f"processes x accum {cfg.accum_iter}; lr {cfg.lr:.3g}{lr_origin}; {total_epochs} epochs "
              f"({cfg.epochs} + {cfg.cooldown_epochs} cooldown)")
 
     last_val = {}

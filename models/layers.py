@@ -49,6 +49,11 @@ def max_pool() -> nn.MaxPool2d:
     return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
 
+def check_heads(dim: int, num_heads: int) -> None:
+    if dim % num_heads:
+        raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+
+
 def lif_on_merged_tb(neuron: nn.Module, x: torch.Tensor, T: int, fix: bool) -> torch.Tensor:
     """Apply `neuron` to ``x = [T*B, ...]``, reproducing or fixing an upstream bug.
 
@@ -173,8 +178,7 @@ class SpikingSelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, order: str = "post", tau: float = 2.0,
                  fix_tb_merge: bool = False):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        check_heads(dim, num_heads)
         self.num_heads = num_heads
         self.order = order
         self.fix_tb_merge = fix_tb_merge

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from .base import SpikingClassifier
-from .layers import ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit
+from .layers import ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, check_heads
 from .neuron import lif
 
 
@@ -41,8 +41,7 @@ class TokenQKAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        check_heads(dim, num_heads)
         self.num_heads = num_heads
         self.q_conv = nn.Conv1d(dim, dim, kernel_size=1, bias=False)
         self.q_bn = nn.BatchNorm1d(dim)

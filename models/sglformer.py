@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 
 from .base import SpikingClassifier
-from .layers import ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, max_pool, spike_attention
+from .layers import (ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, check_heads, max_pool,
+                     spike_attention)
 from .neuron import lif
 
 
@@ -105,8 +106,7 @@ class GlobalSSA(nn.Module):
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        check_heads(dim, num_heads)
         self.num_heads = num_heads
         self.q_conv = Conv1x1(dim, dim)
         self.k_conv = Conv1x1(dim, dim)

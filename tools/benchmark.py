@@ -31,6 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
+from engine.config import ConfigError  # noqa: E402
+from engine.distributed import pick_device  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -151,7 +153,7 @@ def deviation(a, b) -> dict:
 
 
 def run(args) -> dict:
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device, 0)
     torch.manual_seed(args.seed)
     overrides = {k: v for k, v in dict(T=args.T, img_size=args.img_size, embed_dim=args.embed_dim,
                                         depth=args.depth, num_heads=args.num_heads).items() if v is not None}
@@ -235,7 +237,11 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the report here")
     args = p.parse_args(argv)
-    report = run(args)
+    try:
+        report = run(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     print(format_table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

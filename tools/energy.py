@@ -82,8 +82,6 @@ def run(args) -> dict:
     overrides = {k: v for k, v in dict(model=args.model, data_dir=args.data_dir, dataset=args.dataset, T=args.T,
                                         img_size=args.img_size, num_classes=args.num_classes).items() if v is not None}
     cfg = make_config(values, overrides)
-    if cfg.model not in models.VARIANTS:
-        raise ConfigError(f"unknown model {cfg.model!r}; choose one of {', '.join(models.VARIANTS)}")
     if args.checkpoint:
         from engine.tester import config_for_checkpoint
         cfg = config_for_checkpoint(cfg, models.safe_load(args.checkpoint), set(overrides))
@@ -92,8 +90,7 @@ def run(args) -> dict:
     from engine.trainer import build_model
     from engine.data import dataset_spec
     num_classes = cfg.num_classes or (dataset_spec(cfg.dataset).num_classes(cfg) if args.data_dir else None)
-    model = build_model(cfg, num_classes) if num_classes else models.build(cfg.model, **{
-        k: v for k, v in cfg.model_overrides().items() if k != "num_classes"})
+    model = build_model(cfg, num_classes)
     if args.checkpoint:
         models.load_checkpoint(model, args.checkpoint)
     model.eval()
