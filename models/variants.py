@@ -6,10 +6,12 @@ keyword arguments override them (``T``, ``num_classes``, ``img_size``, ``fix_tb_
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from timm.models import register_model
 
+from . import pretrained as _pretrained
 from .qkformer import QKFormer
 from .sglformer import SGLFormer
 from .spikingformer import Spikingformer
@@ -89,15 +91,36 @@ def build(name: str, **overrides):
     return model
 
 
+def _pretrained_cfg(name: str, pretrained_cfg, overlay) -> dict:
+    """Released-weights defaults, then timm's pretrained_cfg (a dict from a hub config.json), then the overlay."""
+    cfg = _pretrained.default_cfg(name)
+    if hasattr(pretrained_cfg, "to_dict"):
+        pretrained_cfg = pretrained_cfg.to_dict()
+    if isinstance(pretrained_cfg, dict):
+        cfg.update({k: v for k, v in pretrained_cfg.items() if v is not None})
+    cfg.update(overlay or {})
+    return cfg
+
+
 def _register(name: str) -> None:
     def entrypoint(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
-                   cache_dir=None, **kwargs):
-        if pretrained:
-            raise ValueError(
-                f"{name}: no weights can be downloaded automatically (the authors share them on "
-                f"Baidu Netdisk / Google Drive). Download a checkpoint and load it with "
-                f"models.load_checkpoint(model, path).")
-        return build(name, **kwargs)
+                   cache_dir=None, pretrained_model_args=None, **kwargs):
+        if not pretrained:
+            return build(name, **kwargs)
+        cfg = _pretrained_cfg(name, pretrained_cfg, pretrained_cfg_overlay)
+        source = _pretrained.pretrained_source(name, cfg)
+        if not _pretrained.is_hub_id(source) and os.path.isdir(source):
+            # a converted folder records the arguments its weights need (T, num_classes, fix_tb_merge ...)
+            saved = _pretrained.resolve(source)[1].get("model_args", {})
+            kwargs = {**saved, **kwargs}
+        if cfg.get("num_classes") and "num_classes" not in kwargs:
+            kwargs["num_classes"] = cfg["num_classes"]
+        model = build(name, **kwargs)
+        plain_file = not _pretrained.is_weights_source(source)
+        _pretrained.load_weights(model, source, sha256=cfg.get("sha256") if plain_file else None,
+                                 cache_dir=cache_dir)
+        model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, **cfg}
+        return model
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__doc__ = VARIANTS[name][2]
