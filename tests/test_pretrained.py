@@ -13,7 +13,7 @@ from models.pretrained import sha256_of
 from tools import convert_checkpoint
 
 VARIANT = "qkformer_cifar_4_384"
-TINY = dict(embed_dim=32, depth=1, num_classes=5, T=1)
+TINY = dict(embed_dim=32, depth=3, num_heads=8, num_classes=5, T=1)
 
 
 def tiny():
@@ -67,7 +67,7 @@ def test_convert_round_trips_each_layout(tmp_path, yaml_cfg, layout):
     assert convert(src, out, yaml_cfg) == 0
     config = json.loads((out / "config.json").read_text())
     pcfg = config["pretrained_cfg"]
-    assert config["architecture"] == VARIANT and config["model_args"]["T"] == 1
+    assert config["architecture"] == VARIANT and config["model_args"]["T"] == 1 and config["model_args"]["depth"] == 3
     assert pcfg["source_sha256"] == sha256_of(src) and pcfg["sha256"] == sha256_of(out / "model.safetensors")
     assert pcfg["fix_tb_merge"] is False and pcfg["num_classes"] == 5 and pcfg["input_size"] == [3, 32, 32]
     card = (out / "README.md").read_text()

@@ -53,7 +53,10 @@ def build_for(cfg: Config, sd: dict) -> torch.nn.Module:
     overrides = {k: v for k, v in cfg.model_overrides().items() if k != "backend"}
     if "num_classes" not in overrides and "head.weight" in sd:
         overrides["num_classes"] = sd["head.weight"].shape[0]  # the head says how many classes it was trained on
-    return models.build(cfg.model, **overrides)
+    try:
+        return models.build(cfg.model, **overrides)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot build {cfg.model} with {overrides}: {exc}") from None
 
 
 def write_folder(out: Path, model, sd: dict, cfg: Config, source: Path, source_sha: str) -> dict:
