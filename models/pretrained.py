@@ -147,9 +147,10 @@ def load_weights(model: torch.nn.Module, source: str | os.PathLike, sha256: str 
 def missing_weights_message(name: str) -> str:
     entry = RELEASED.get(name)
     if entry is None:
-        return (f"{name}: the authors released no weights for this variant; train it (see the README) or pass "
-                f"pretrained_cfg_overlay=dict(file='your.pth')")
-    return (f"{name}: no local weights. Download {entry['file_name'] or 'the checkpoint'} from {entry['url']}, "
+        return (f"{name}: no released weights are known for this variant (README, 'Evaluate released weights'); "
+                f"train it, or pass pretrained_cfg_overlay=dict(file='your.pth' or a converted folder)")
+    return (f"{name}: no local weights (none download automatically). Get {entry['file_name'] or 'the checkpoint'} "
+            f"from: {entry['url']}; "
             f"then pass pretrained_cfg_overlay=dict(file='PATH'), or convert it with python -m "
             f"tools.convert_checkpoint PATH --variant {name} --out DIR and use pretrained_cfg_overlay=dict(file='DIR') "
             f"or an hf_hub: id")

@@ -151,7 +151,7 @@ def test_pretrained_without_weights_says_where_to_get_them():
     # raised before the (large) model is built
     with pytest.raises(CheckpointError, match=r"pan\.baidu\.com/s/1LsECpFOxh30O3vHWow8OGQ.*convert_checkpoint"):
         timm.create_model("spikingformer_8_768", pretrained=True)
-    with pytest.raises(CheckpointError, match="released no weights"):
+    with pytest.raises(CheckpointError, match="no released weights are known"):
         timm.create_model("qkformer_10_512", pretrained=True)
 
 
