@@ -30,7 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Convert a checkpoint to model.safetensors + config.json + model card.")
     p.add_argument("source", help="checkpoint file (.pth / .pth.tar, any of the original layouts)")
     p.add_argument("--variant", required=True, help="model name from models.VARIANTS, e.g. spikingformer_8_768")
-    p.add_argument("--config", default=None, help="YAML the weights were trained with (T, num_classes, fix_tb_merge ...)")
+    p.add_argument("--config", default=None, help="YAML the weights were trained with (T, num_classes, fix_tb_merge ...); "
+                   "default: the recipe listed for released weights")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--use-ema", action="store_true", help="convert the EMA weights of the checkpoint")
     p.add_argument("--sha256", default=None, help="expected sha256 of the source file (checked before reading)")
@@ -118,6 +119,8 @@ def convert(args) -> dict:
     source = Path(args.source)
     if args.variant not in models.VARIANTS:
         raise ConfigError(f"unknown variant {args.variant!r}; choose one of {', '.join(models.VARIANTS)}")
+    if not args.config and args.variant in pretrained.RELEASED:
+        args.config = str(ROOT / pretrained.RELEASED[args.variant]["config"])  # the recipe the weights come from
     source_sha = pretrained.check_sha256(source, args.sha256) if source.is_file() else None
     checkpoint = safe_load(source)
     sd = extract_state_dict(checkpoint, use_ema=args.use_ema)
