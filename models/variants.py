@@ -128,5 +128,22 @@ def _register(name: str) -> None:
     register_model(entrypoint)
 
 
+def _timm_cfg(name: str) -> dict:
+    """timm's registry entry (``timm.models.get_pretrained_cfg(name)``): data settings and, for the
+    released weights, where the authors published them. No url/file: nothing downloads by itself."""
+    defaults, description = VARIANTS[name][1], VARIANTS[name][2]
+    cfg = dict(_DATA_CFG[defaults["img_size"]], num_classes=defaults["num_classes"], interpolation="bicubic",
+               crop_pct=1.0, classifier="head", description=description)
+    entry = _pretrained.RELEASED.get(name)
+    if entry:
+        cfg.update(num_classes=entry["num_classes"], origin_url=entry["url"], paper_name=entry["paper"],
+                   notes=(f"file: {entry['file_name'] or 'not stated'}",
+                          f"sha256: {entry['sha256'] or 'none published'}", f"top-1 {entry['top1']} on {entry['dataset']}"))
+    return cfg
+
+
+#: read by timm's register_model
+default_cfgs = {_name: _timm_cfg(_name) for _name in VARIANTS}
+
 for _name in VARIANTS:
     _register(_name)

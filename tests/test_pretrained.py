@@ -155,6 +155,13 @@ def test_pretrained_without_weights_says_where_to_get_them():
         timm.create_model("qkformer_10_512", pretrained=True)
 
 
+def test_timm_registry_lists_where_weights_are():
+    cfg = timm.models.get_pretrained_cfg("spikingformer_8_768")
+    assert "pan.baidu.com" in cfg.origin_url and "file: checkpoint-284.pth.tar" in cfg.notes
+    assert "sha256: none published" in cfg.notes and not cfg.has_weights  # nothing downloads by itself
+    assert timm.models.get_pretrained_cfg("sglformer_cifar_4_384").num_classes == 100
+
+
 def test_hub_id_from_offline_cache(tmp_path, yaml_cfg, monkeypatch):
     import huggingface_hub.constants as hub_constants
     src_model = tiny()
