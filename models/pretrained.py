@@ -90,8 +90,11 @@ def resolve(source: str | os.PathLike, cache_dir=None) -> tuple[Path, dict]:
     if is_hub_id(source):
         repo_id = str(source).split(":", 1)[1]
         weights = _hub_file(repo_id, WEIGHTS_NAME, cache_dir)
-        config = weights.with_name(CONFIG_NAME)
-        return weights, json.loads(config.read_text()) if config.is_file() else {}
+        try:  # config.json carries the sha256 to check and the training settings
+            config = _hub_file(repo_id, CONFIG_NAME, cache_dir)
+        except CheckpointError:
+            return weights, {}
+        return weights, json.loads(config.read_text())
     path = Path(source)
     if path.is_dir():
         weights = path / WEIGHTS_NAME
