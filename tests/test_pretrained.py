@@ -187,6 +187,10 @@ def test_hub_id_from_offline_cache(tmp_path, yaml_cfg, monkeypatch):
     again = models.build(VARIANT, **TINY).eval()
     load_checkpoint(again, "hf_hub:someone/tiny-qkformer")  # train.py --initial-checkpoint hf_hub:...
     assert torch.equal(logits(again, x), logits(src_model, x))
+    blob = snapshot / "model.safetensors"
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\0")  # the sha256 in the cached config.json no longer matches
+    with pytest.raises(CheckpointError, match="does not match the expected"):
+        load_checkpoint(again, "hf_hub:someone/tiny-qkformer")
     with pytest.raises(CheckpointError, match="hf_hub:someone/missing: cannot get model.safetensors") as info:
         load_checkpoint(again, "hf_hub:someone/missing")
     assert "\n" not in str(info.value)
