@@ -7,6 +7,7 @@ from pathlib import Path
 
 import models
 from models.checkpoint import check_compatible, extract_state_dict
+from models.pretrained import read_checkpoint
 
 from . import distributed
 from .checkpoint import MODEL_KEYS
@@ -59,7 +60,7 @@ def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: st
     log = RunLogger(None, enabled=info.is_main, tensorboard=False, progress=cfg.progress,
                     log_interval=cfg.log_interval)
     try:
-        checkpoint = models.safe_load(checkpoint_path)
+        checkpoint = read_checkpoint(checkpoint_path)  # a file, a converted folder or an hf_hub: id
         check_dataset(cfg, checkpoint, explicit)
         cfg = config_for_checkpoint(cfg, checkpoint, explicit)
         seed_everything(cfg.seed)

@@ -5,7 +5,8 @@ Importing this package registers every published variant with timm::
     import models, timm
     model = timm.create_model("qkformer_10_384", T=4)
 
-``models.VARIANTS`` lists them; :func:`load_checkpoint` loads the authors' checkpoints safely.
+``models.VARIANTS`` lists them; :func:`load_checkpoint` loads the authors' checkpoints safely, and
+``pretrained=True`` loads a file, a converted folder or an ``hf_hub:`` id (models/pretrained.py).
 """
 from .checkpoint import CheckpointError, load_checkpoint, safe_load
 from .neuron import LIF, reset_net, set_backend

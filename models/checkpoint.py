@@ -97,7 +97,12 @@ def check_compatible(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> Non
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, use_ema: bool = False) -> dict:
-    """Load weights from `path` into `model` (strict) and return the whole checkpoint dict."""
+    """Load weights from `path` into `model` (strict) and return the whole checkpoint dict.
+
+    `path` may also be a converted folder, a .safetensors file or an ``hf_hub:`` id (models/pretrained.py)."""
+    from . import pretrained  # imports this module
+    if pretrained.is_weights_source(path):
+        return pretrained.load_weights(model, path, use_ema=use_ema)
     checkpoint = safe_load(path)
     sd = extract_state_dict(checkpoint, use_ema=use_ema)
     check_compatible(model, sd)

@@ -6,10 +6,12 @@ keyword arguments override them (``T``, ``num_classes``, ``img_size``, ``fix_tb_
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from timm.models import register_model
 
+from . import pretrained as _pretrained
 from .qkformer import QKFormer
 from .sglformer import SGLFormer
 from .spikingformer import Spikingformer
@@ -89,21 +91,59 @@ def build(name: str, **overrides):
     return model
 
 
+def _pretrained_cfg(name: str, pretrained_cfg, overlay) -> dict:
+    """Released-weights defaults, then timm's pretrained_cfg (a dict from a hub config.json), then the overlay."""
+    cfg = _pretrained.default_cfg(name)
+    if hasattr(pretrained_cfg, "to_dict"):
+        pretrained_cfg = pretrained_cfg.to_dict()
+    if isinstance(pretrained_cfg, dict):
+        cfg.update({k: v for k, v in pretrained_cfg.items() if v is not None})
+    cfg.update(overlay or {})
+    return cfg
+
+
 def _register(name: str) -> None:
     def entrypoint(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
-                   cache_dir=None, **kwargs):
-        if pretrained:
-            raise ValueError(
-                f"{name}: no weights can be downloaded automatically (the authors share them on "
-                f"Baidu Netdisk / Google Drive). Download a checkpoint and load it with "
-                f"models.load_checkpoint(model, path).")
-        return build(name, **kwargs)
+                   cache_dir=None, pretrained_model_args=None, **kwargs):
+        if not pretrained:
+            return build(name, **kwargs)
+        cfg = _pretrained_cfg(name, pretrained_cfg, pretrained_cfg_overlay)
+        source = _pretrained.pretrained_source(name, cfg)
+        if not _pretrained.is_hub_id(source) and os.path.isdir(source):
+            # a converted folder records the arguments its weights need (T, num_classes, fix_tb_merge ...)
+            saved = _pretrained.resolve(source)[1].get("model_args", {})
+            kwargs = {**saved, **kwargs}
+        if cfg.get("num_classes") and "num_classes" not in kwargs:
+            kwargs["num_classes"] = cfg["num_classes"]
+        model = build(name, **kwargs)
+        plain_file = not _pretrained.is_weights_source(source)
+        _pretrained.load_weights(model, source, sha256=cfg.get("sha256") if plain_file else None,
+                                 cache_dir=cache_dir)
+        model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, **cfg}
+        return model
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__doc__ = VARIANTS[name][2]
     entrypoint.__module__ = __name__
     register_model(entrypoint)
 
+
+def _timm_cfg(name: str) -> dict:
+    """timm's registry entry (``timm.models.get_pretrained_cfg(name)``): data settings and, for the
+    released weights, where the authors published them. No url/file: nothing downloads by itself."""
+    defaults, description = VARIANTS[name][1], VARIANTS[name][2]
+    cfg = dict(_DATA_CFG[defaults["img_size"]], num_classes=defaults["num_classes"], interpolation="bicubic",
+               crop_pct=1.0, classifier="head", description=description)
+    entry = _pretrained.RELEASED.get(name)
+    if entry:
+        cfg.update(num_classes=entry["num_classes"], origin_url=entry["url"], paper_name=entry["paper"],
+                   notes=(f"file: {entry['file_name'] or 'not stated'}",
+                          f"sha256: {entry['sha256'] or 'none published'}", f"top-1 {entry['top1']} on {entry['dataset']}"))
+    return cfg
+
+
+#: read by timm's register_model
+default_cfgs = {_name: _timm_cfg(_name) for _name in VARIANTS}
 
 for _name in VARIANTS:
     _register(_name)

@@ -76,7 +76,7 @@ def test_bad_inputs_and_arguments_are_clear_errors():
         sgl_cifar(torch.randn(2, 3, 64, 64))
     with pytest.raises(ValueError, match="never applies them"):
         timm.create_model("qkformer_10_384", drop_path_rate=0.1)
-    with pytest.raises(ValueError, match="no weights can be downloaded"):
+    with pytest.raises(models.CheckpointError, match="no local weights"):
         timm.create_model("qkformer_10_384", pretrained=True)
     with pytest.raises(ValueError, match="unknown QKFormer layout"):
         models.QKFormer(layout="video")
