@@ -63,9 +63,17 @@ def test_main(script: str, default_config: str, description: str) -> None:
                              "firing-rate plot and TensorBoard logs go to DIR")
     args = parser.parse_args()
     explicit = {k for k, v in vars(args).items() if v is not None and k in FIELDS}
-    _run(lambda: test(_config(args, script, default_config), args.checkpoint, args.use_ema, args.save_json,
-                      local_rank=args.local_rank, explicit=explicit, resolutions=args.resolutions,
-                      energy_dir=args.energy))
+    script_dir = Path(script).resolve().parent
+
+    def run():
+        # Without -c, evaluation settings come from the checkpoint's stored config, not this folder's
+        # default YAML; with -c, the keys that file sets are the user's choice.
+        from_file = None if args.config is None else \
+            set(load_yaml(resolve_config_path(args.config, script_dir, default_config)))
+        return test(_config(args, script, default_config), args.checkpoint, args.use_ema, args.save_json,
+                    local_rank=args.local_rank, explicit=explicit, resolutions=args.resolutions,
+                    energy_dir=args.energy, from_file=from_file)
+    _run(run)
 
 
 def prepare_main(dataset: str) -> None:

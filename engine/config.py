@@ -208,7 +208,14 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     with open(path) as f:
-        values = yaml.safe_load(f) or {}
+        try:
+            values = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{where}: not valid YAML ({problem}); "
+                              f"write one 'key: value' per line, lists as [a, b]") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
     _check_keys(values, str(path))
@@ -287,7 +294,23 @@ def make_config(yaml_values: dict[str, Any], cli_values: dict[str, Any]) -> Conf
     return cfg
 
 
+# List keys whose length is fixed: a scalar (``scale: 1.0``) or a wrong count would otherwise
+# fail deep inside timm.
+LIST_LENGTHS = {"scale": 2, "ratio": 2, "opt_betas": 2, "cutmix_minmax": 2, "mean": 3, "std": 3}
+
+
+def _check_list_lengths(cfg: Config) -> None:
+    for key, length in LIST_LENGTHS.items():
+        value = getattr(cfg, key)
+        if value is not None and len(value) != length:
+            example = FIELDS[key].default_factory() if FIELDS[key].default_factory is not dataclasses.MISSING \
+                else [0.0] * length
+            raise ConfigError(f"config key '{key}' expects a list of {length} numbers, e.g. {key}: {example}, "
+                              f"got {value}")
+
+
 def validate(cfg: Config) -> None:
+    _check_list_lengths(cfg)
     if cfg.accum_iter is not None and cfg.accum_iter < 1:
         raise ConfigError(f"accum_iter must be >= 1, got {cfg.accum_iter}")
     if cfg.lr is None and cfg.blr is None:

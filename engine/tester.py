@@ -27,15 +27,39 @@ def saved_config(checkpoint) -> dict | None:
     return saved if isinstance(saved, dict) else None
 
 
-def config_for_checkpoint(cfg: Config, checkpoint: dict, explicit: set[str] = frozenset()) -> Config:
-    """Our checkpoints carry their config: the model-defining keys come from it, unless given on
-    the command line (``explicit``), e.g. ``--img-size 384`` to evaluate at another resolution."""
+# How the training run validated, beyond the model itself. QKFormer's results depend on the
+# batch size (the originals' T x B merge), so evaluating with the folder's default YAML instead
+# would not reproduce the training-time validation.
+EVAL_KEYS = ("val_batch_size", "workers", "interpolation", "crop_pct", "mean", "std", "eval_amp", "amp",
+             "amp_dtype", "dvs_split")
+
+
+def config_for_checkpoint(cfg: Config, checkpoint: dict, explicit: set[str] = frozenset(),
+                          from_file: set[str] | None = None) -> Config:
+    """Our checkpoints carry their config: the model-defining keys come from it unless given on the
+    command line (``explicit``), e.g. ``--img-size 384`` to evaluate at another resolution; the
+    evaluation settings (:data:`EVAL_KEYS`) too, unless given on the command line or set in a YAML
+    the user named with ``-c`` (``from_file``: its keys; None when no ``-c`` was given)."""
     saved = saved_config(checkpoint)
     if saved is None:
         return cfg  # an original repository's checkpoint: the YAML/CLI config describes the model
     values = cfg.to_dict()
     values.update({k: saved[k] for k in MODEL_KEYS if k in saved and k != "dataset" and k not in explicit})
+    chosen = explicit | (from_file or set())
+    values.update({k: saved[k] for k in EVAL_KEYS if k in saved and k not in chosen})
     return Config(**values)
+
+
+def describe_eval_settings(cfg: Config, checkpoint: dict, explicit: set[str] = frozenset(),
+                           from_file: set[str] | None = None) -> str:
+    """One line naming the evaluation settings used and where each came from."""
+    stored = saved_config(checkpoint) or {}
+    parts = []
+    for key in EVAL_KEYS:
+        origin = ("command line" if key in explicit else "-c file" if key in (from_file or set())
+                  else "checkpoint" if key in stored else "default config")
+        parts.append(f"{key}={getattr(cfg, key)!r} ({origin})")
+    return "evaluation settings: " + ", ".join(parts)
 
 
 def check_dataset(cfg: Config, checkpoint: dict, explicit: set[str] = frozenset()) -> None:
@@ -50,7 +74,8 @@ def check_dataset(cfg: Config, checkpoint: dict, explicit: set[str] = frozenset(
 
 def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: str | None = None,
          local_rank: int | None = None, explicit: set[str] = frozenset(),
-         resolutions: list[int] | None = None, energy_dir: str | None = None) -> list[dict]:
+         resolutions: list[int] | None = None, energy_dir: str | None = None,
+         from_file: set[str] | None = None) -> list[dict]:
     """Evaluate at ``cfg.img_size`` (or each of ``resolutions``); one result dict per resolution.
 
     ``energy_dir``: also count MACs/SOPs and energy over the test set (engine/energy.py) and write
@@ -62,7 +87,8 @@ def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: st
     try:
         checkpoint = read_checkpoint(checkpoint_path)  # a file, a converted folder or an hf_hub: id
         check_dataset(cfg, checkpoint, explicit)
-        cfg = config_for_checkpoint(cfg, checkpoint, explicit)
+        cfg = config_for_checkpoint(cfg, checkpoint, explicit, from_file)
+        log.info(describe_eval_settings(cfg, checkpoint, explicit, from_file))
         seed_everything(cfg.seed)
         num_classes = cfg.num_classes or dataset_spec(cfg.dataset).num_classes(cfg)
         model = build_model(cfg, num_classes)

@@ -25,6 +25,7 @@ from .data import build_dataset, dataset_spec, prepare_dataset
 from .data.dvs_augment import augment_batch
 from .loader import epoch_seed, eval_loader, seed_everything, train_loader
 from .logger import RunLogger
+from .run_lock import RunFolderLock
 from .optim import build_optimizer, build_scheduler
 from .train_loop import NonFiniteLoss, Precision, evaluate, train_one_epoch
 
@@ -81,22 +82,30 @@ def train(cfg: Config, local_rank: int | None = None) -> dict:
     if info.distributed:
         print(f"[rank {info.rank}/{info.world_size}] joined the process group on {info.device}", flush=True)
     run_dir = cfg.run_dir()
-    resume_path = _agree_on_resume(cfg, info)
-    log = RunLogger(run_dir, enabled=info.is_main, tensorboard=cfg.tensorboard, progress=cfg.progress,
-                    log_interval=cfg.log_interval)
+    lock = RunFolderLock(run_dir)
+    log = None
     try:
+        resume_path = _agree_on_resume(cfg, info, lock)
+        log = RunLogger(run_dir, enabled=info.is_main, tensorboard=cfg.tensorboard, progress=cfg.progress,
+                        log_interval=cfg.log_interval)
+        if lock.took_over:
+            log.info(f"took over the lock of a run that is no longer running ({lock.took_over})")
         return _train(cfg, info, log, resume_path)
     finally:
-        log.close()
+        if log is not None:
+            log.close()
+        lock.release()
         distributed.cleanup()
 
 
-def _agree_on_resume(cfg: Config, info) -> Path | None:
-    """Rank 0 decides whether and from where to resume; every rank must then read that file,
-    which needs ``output`` on a filesystem shared by all nodes."""
+def _agree_on_resume(cfg: Config, info, lock: RunFolderLock) -> Path | None:
+    """Rank 0 locks the run folder and decides whether and from where to resume; every rank must
+    then read that file, which needs ``output`` on a filesystem shared by all nodes. A failure on
+    rank 0 reaches every rank through the broadcast, so none waits forever."""
     decision = None
     if info.is_main:
         try:
+            lock.acquire()  # before anything reads or writes the folder
             decision = ("ok", find_resume(cfg))
         except ConfigError as exc:
             decision = ("error", str(exc))

@@ -228,3 +228,17 @@ def test_ema_switched_on_at_resume_starts_from_the_resumed_weights(data, tmp_pat
     log = (cfg.run_dir() / "log.txt").read_text()
     assert "the EMA starts from the resumed model" in log
     assert "; EMA: val loss" in log and "(best EMA " in log
+
+
+def test_scalar_for_a_list_key_and_yaml_syntax_errors_are_one_line(tmp_path):
+    scalar = tmp_path / "scalar.yml"
+    scalar.write_text("model: qkformer_cifar_4_384\nscale: 1.0\n")
+    code, err = run_cli(TRAIN, "-c", str(scalar), "--data-dir", str(tmp_path), "--output", str(tmp_path))
+    assert code == 2 and err.count("\n") == 0
+    assert err.startswith("error: config key 'scale' expects a list of 2 numbers, e.g. scale: [0.08, 1.0]")
+
+    broken = tmp_path / "broken.yml"
+    broken.write_text("epochs: 3\nmodel: [unclosed\n")
+    code, err = run_cli(TRAIN, "-c", str(broken))
+    assert code == 2 and err.count("\n") == 0
+    assert err.startswith(f"error: {broken}, line ") and "not valid YAML" in err
