@@ -12,6 +12,7 @@ import torch
 import models
 from conftest import ROOT
 from datasets import write_image_folder
+from reference import fill_weights
 from engine.config import load_yaml, make_config
 from engine.data import DataError
 from engine.trainer import train
@@ -98,6 +99,7 @@ def test_distributed_evaluation_equals_single_process(imagenet, tmp_path):
     """Each val image is seen exactly once across ranks, so metrics match a single process.
     (Spikingformer: no LIF over merged T*B, so outputs do not depend on batch composition.)"""
     model = models.build("spikingformer_8_384", embed_dim=32, depth=1, num_heads=2, T=1, num_classes=4)
+    fill_weights(model)  # weights that make every layer fire (default init at T=1 may fire nowhere)
     ckpt = tmp_path / "sf.pth"
     torch.save({"model": model.state_dict()}, ckpt)
     common = ["--checkpoint", str(ckpt), "--model", "spikingformer_8_384", "--embed-dim", "32", "--depth", "1",
