@@ -60,10 +60,15 @@ def default_backend() -> str:
     return check_backend(os.environ.get(BACKEND_ENV, "auto"))
 
 
-def check_backend(backend: str) -> str:
-    """Validate a backend name; fail early when 'cupy' is asked for and cannot work here."""
+def _check_name(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown LIF backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def check_backend(backend: str) -> str:
+    """Validate a backend name; fail early when 'cupy' is asked for and cannot work here."""
+    _check_name(backend)
     if backend == "cupy":
         if not torch.cuda.is_available():
             raise RuntimeError("LIF backend 'cupy' needs a CUDA GPU, and torch sees none; "
@@ -106,7 +111,11 @@ class LIF(_sj_neuron.MultiStepLIFNode):
 
     def __init__(self, tau: float = 2.0, v_threshold: float = 1.0, backend: str | None = None):
         super().__init__(tau=tau, v_threshold=v_threshold, detach_reset=True, backend="torch")
-        self.requested_backend = check_backend(backend or default_backend())
+        # Without an explicit backend only the name is checked here: the model applies its own
+        # ``backend=`` argument (or the environment's) to every neuron afterwards with
+        # :func:`set_backend`, so an explicit argument always wins over $SNN_LIF_BACKEND.
+        self.requested_backend = check_backend(backend) if backend else \
+            _check_name(os.environ.get(BACKEND_ENV, "auto"))
         self.implementation = None  # what the last call ran: torch, fused or cupy
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:

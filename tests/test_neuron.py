@@ -143,3 +143,12 @@ def test_gpu_backends_match_torch_backend(name):
         torch.testing.assert_close(outs[backend][0], outs["torch"][0], rtol=1e-5, atol=1e-5)
         for a, b in zip(outs[backend][1], outs["torch"][1]):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_explicit_backend_beats_the_environment(monkeypatch):
+    monkeypatch.setenv("SNN_LIF_BACKEND", "cupy")
+    model = models.build("qkformer_cifar_4_384", embed_dim=32, depth=3, T=1, backend="torch")
+    assert {m.requested_backend for m in model.modules() if isinstance(m, models.LIF)} == {"torch"}
+    monkeypatch.setenv("SNN_LIF_BACKEND", "fused")
+    model = models.build("qkformer_cifar_4_384", embed_dim=32, depth=3, T=1)
+    assert {m.requested_backend for m in model.modules() if isinstance(m, models.LIF)} == {"fused"}
