@@ -5,11 +5,32 @@ Only the main process (rank 0) writes anything; other ranks get a silent logger.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
+
+# Library users silence or redirect the engine with the standard logging module, e.g.
+# logging.getLogger("spiking_transformers").setLevel(logging.WARNING).
+LOGGER = logging.getLogger("spiking_transformers")
+
+
+class _Stdout(logging.Handler):
+    """Writes to whatever sys.stdout is at the time (so redirection and capturing work)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stdout, flush=True)
+
+
+if not LOGGER.handlers:
+    LOGGER.addHandler(_Stdout())
+    LOGGER.setLevel(logging.INFO)
+    LOGGER.propagate = False
+
+# Without a terminal, a log line at least this often (seconds), however slow the steps.
+LOG_EVERY_S = 30.0
 
 
 class RunLogger:
@@ -41,7 +62,7 @@ class RunLogger:
         if not self.enabled:
             return
         line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}"
-        print(line, flush=True)
+        LOGGER.info(line)
         if self._open():
             with open(self.run_dir / "log.txt", "a") as f:
                 f.write(line + "\n")
@@ -58,11 +79,12 @@ class RunLogger:
         if self.writer is not None:
             self.writer.flush()
 
-    def progress(self, iterable, total: int, desc: str):
-        """Iterate with a tqdm bar (terminal) or with a log line every ``log_interval`` steps."""
+    def progress(self, iterable, total: int, desc: str, steps_total: int | None = None):
+        """Iterate with a tqdm bar (terminal) or with a log line every ``log_interval`` steps and
+        at least every ``LOG_EVERY_S`` seconds; ``steps_total``: steps left in the run, for its ETA."""
         if self.use_bar:
             return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False)
-        return _Periodic(iterable, total, desc, self if self.enabled else None, self.log_interval)
+        return _Periodic(iterable, total, desc, self if self.enabled else None, self.log_interval, steps_total)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -72,20 +94,26 @@ class RunLogger:
 class _Periodic:
     """Stand-in for tqdm in non-interactive runs: a line with rate and ETA now and then."""
 
-    def __init__(self, iterable, total: int, desc: str, logger: RunLogger | None, every: int):
+    def __init__(self, iterable, total: int, desc: str, logger: RunLogger | None, every: int,
+                 steps_total: int | None = None):
         self.iterable, self.total, self.desc, self.logger, self.every = iterable, total, desc, logger, every
+        self.steps_total = steps_total
         self.postfix = ""
 
     def set_postfix_str(self, text: str) -> None:
         self.postfix = text
 
     def __iter__(self):
-        start = time.time()
+        start = last = time.time()
         for i, item in enumerate(self.iterable):
             yield item
-            done = i + 1
-            if self.logger is not None and (done % self.every == 0 or done == self.total):
-                elapsed = time.time() - start
+            done, now = i + 1, time.time()
+            if self.logger is not None and (done % self.every == 0 or done == self.total
+                                            or now - last >= LOG_EVERY_S):
+                last = now
+                elapsed = now - start
                 eta = elapsed / done * (self.total - done)
+                run_eta = "" if self.steps_total is None else \
+                    f", run ETA {elapsed / done * (self.steps_total - done) / 60:.1f} min"
                 self.logger.info(f"{self.desc} [{done}/{self.total}] {self.postfix} "
-                                 f"{elapsed:.0f}s elapsed, ETA {eta:.0f}s")
+                                 f"{elapsed:.0f}s elapsed, ETA {eta:.0f}s{run_eta}")

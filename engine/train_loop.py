@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ from timm.utils import dispatch_clip_grad
 from models import reset_net
 
 from .distributed import all_reduce_sum
+from .telemetry import grad_norm
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -61,10 +63,11 @@ class Precision:
 
 def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Precision, epoch: int, cfg,
                     scheduler=None, model_ema=None, mixup_fn=None, progress=None,
-                    update_offset: int = 0, batch_aug=None) -> dict:
+                    update_offset: int = 0, batch_aug=None, telemetry=None) -> dict:
     """Train one epoch with ``cfg.accum_iter`` micro-batches per optimizer step.
 
     ``batch_aug`` transforms a whole batch on the device before mixup (the DVS augmentation).
+    ``telemetry`` (engine/telemetry.py) receives per-update figures; it does not change them.
     """
     model.train()
     device = precision.device
@@ -74,9 +77,18 @@ def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Prec
     loss_sum, seen = torch.zeros((), device=device, dtype=torch.float64), 0
     optimizer.zero_grad(set_to_none=True)
     batches = progress if progress is not None else loader
+    if telemetry is not None:
+        telemetry.start_epoch(epoch, len(loader))
+    samples_in_update, meter = 0, None
+    waited_since = time.perf_counter()
     # As MAE's engine: micro-batches after the last complete update still run (and update BN
     # statistics) but their gradients are dropped at the next epoch's zero_grad.
     for step, (images, targets) in enumerate(batches):
+        if telemetry is not None:
+            telemetry.batch_ready(time.perf_counter() - waited_since)
+            if meter is None:
+                meter = telemetry.firing_meter(num_updates)
+                meter.__enter__()
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         if batch_aug is not None:
@@ -99,6 +111,7 @@ def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Prec
             if cfg.clip_grad is not None:
                 scaler.unscale_(optimizer)
                 dispatch_clip_grad(model.parameters(), value=cfg.clip_grad, mode=cfg.clip_mode)
+            norm = grad_norm(model.parameters(), scaler) if telemetry is not None else None
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -109,8 +122,18 @@ def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Prec
                 scheduler.step_update(num_updates=num_updates)
         loss_sum += loss_value * images.shape[0]
         seen += images.shape[0]
+        samples_in_update += images.shape[0]
+        if update and telemetry is not None:
+            meter.__exit__(None, None, None)
+            telemetry.update(step, loss_value, optimizer.param_groups[-1]["lr"], norm, scaler,
+                             samples_in_update, meter)
+            samples_in_update, meter = 0, None
         if progress is not None and hasattr(progress, "set_postfix_str"):
-            progress.set_postfix_str(f"loss {loss_value:.4f} lr {optimizer.param_groups[-1]['lr']:.3e}")
+            progress.set_postfix_str(telemetry.summary() if telemetry is not None and telemetry.last else
+                                     f"loss {loss_value:.4f} lr {optimizer.param_groups[-1]['lr']:.3e}")
+        waited_since = time.perf_counter()
+    if meter is not None:
+        meter.__exit__(None, None, None)  # micro-batches after the last complete update
     totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(seen), device=device, dtype=torch.float64)]))
     return {"loss": (totals[0] / totals[1]).item(), "lr": optimizer.param_groups[-1]["lr"],
             "updates": num_updates}

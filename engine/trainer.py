@@ -26,6 +26,7 @@ from .data.dvs_augment import augment_batch
 from .loader import epoch_seed, eval_loader, seed_everything, train_loader
 from .logger import RunLogger
 from .run_lock import RunFolderLock
+from .telemetry import Telemetry
 from .optim import build_optimizer, build_scheduler
 from .train_loop import NonFiniteLoss, Precision, evaluate, train_one_epoch
 
@@ -191,17 +192,20 @@ def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
              f"({cfg.epochs} + {cfg.cooldown_epochs} cooldown)")
 
     last_val = {}
+    telemetry = Telemetry(log, net)
+    steps_left = len(loader) * (total_epochs - start_epoch)  # for the run's ETA in log lines
     for epoch in range(start_epoch, total_epochs):
         started = time.time()
         seed_everything(epoch_seed(cfg.seed, epoch, info.rank))
         loader.sampler.set_epoch(epoch)
         if mixup_fn is not None and cfg.mixup_off_epoch and epoch >= cfg.mixup_off_epoch:
             mixup_fn.mixup_enabled = False
-        bar = log.progress(loader, len(loader), f"train {epoch}/{total_epochs - 1}")
+        bar = log.progress(loader, len(loader), f"train {epoch}/{total_epochs - 1}", steps_total=steps_left)
+        steps_left -= len(loader)
         try:
             train_stats = train_one_epoch(net, loader, optimizer, criterion, scaler, precision, epoch,
                                           cfg, scheduler, model_ema, mixup_fn, bar,
-                                          batch_aug=augment_batch if cfg.dvs_aug else None)
+                                          batch_aug=augment_batch if cfg.dvs_aug else None, telemetry=telemetry)
         except NonFiniteLoss as exc:
             raise NonFiniteLoss(f"{exc}; stopped, {_last_good(cfg, epoch, start_epoch, resume_path)}. Resume "
                                 f"(--resume auto) with --clip-grad or without float16 (--no-amp or --amp-dtype "
