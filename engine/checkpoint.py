@@ -22,7 +22,7 @@ import torch
 
 from models import CheckpointError, safe_load
 
-from .config import ConfigError
+from .errors import ConfigError
 
 # Config keys that change the model; resuming with different values cannot work.
 MODEL_KEYS = ("model", "T", "embed_dim", "depth", "num_heads", "mlp_ratio", "img_size", "num_classes",

@@ -10,13 +10,17 @@ import sys
 import warnings
 from pathlib import Path
 
-from models import CheckpointError
+from .config import (FIELDS, build_parser, format_config, load_yaml, load_yaml_with_sources, make_config,
+                     resolve_config_path, sources_of)
+from .errors import ConfigError, DataError, NonFiniteLoss
 
-from .config import FIELDS, ConfigError, build_parser, load_yaml, make_config, resolve_config_path
-from .data import DataError
-from .train_loop import NonFiniteLoss
+# torch, timm and spikingjelly are imported only after the command line is parsed, so that
+# `--help` and argument errors answer at once.
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLoss)
+
+def _user_errors() -> tuple:
+    from models import CheckpointError
+    return (ConfigError, DataError, CheckpointError, NonFiniteLoss)
 
 
 def _parser(description: str) -> argparse.ArgumentParser:
@@ -28,28 +32,33 @@ def _parser(description: str) -> argparse.ArgumentParser:
 
 def _config(args, script: str, default_config: str):
     script_dir = Path(script).resolve().parent
-    return make_config(load_yaml(resolve_config_path(args.config, script_dir, default_config)), vars(args))
+    values, sources = load_yaml_with_sources(resolve_config_path(args.config, script_dir, default_config))
+    cfg = make_config(values, vars(args))
+    if args.print_config:
+        print(format_config(cfg, sources_of(sources, vars(args))), end="")
+        sys.exit(0)
+    return cfg
 
 
 def _run(fn):
     warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
+    user_errors = _user_errors()
     try:
         return fn()
-    except USER_ERRORS as exc:
+    except user_errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 
 
 def train_main(script: str, default_config: str, description: str) -> None:
     """``train.py``: ``python train.py [-c CONFIG.yml] [--key value ...]``."""
-    from .trainer import train
     args = _parser(description).parse_args()
+    from .trainer import train
     _run(lambda: train(_config(args, script, default_config), local_rank=args.local_rank))
 
 
 def test_main(script: str, default_config: str, description: str) -> None:
     """``test.py``: ``python test.py --checkpoint PATH [-c CONFIG.yml] [--key value ...]``."""
-    from .tester import test
     parser = _parser(description)
     parser.add_argument("--checkpoint", required=True,
                         help="checkpoint to evaluate: ours (last.pth/best.pth) or an original repository's")
@@ -62,6 +71,7 @@ def test_main(script: str, default_config: str, description: str) -> None:
                         help="also count MACs, synaptic operations and energy over the test set; report, "
                              "firing-rate plot and TensorBoard logs go to DIR")
     args = parser.parse_args()
+    from .tester import test
     explicit = {k for k, v in vars(args).items() if v is not None and k in FIELDS}
     script_dir = Path(script).resolve().parent
 

@@ -1,18 +1,19 @@
 """Run configuration: one flat set of keys, from YAML and then the command line.
 
 Precedence: field defaults < the YAML file (``-c``) < command-line flags. Every key of the
-dataclass below can be set in YAML (``lr: 1e-3``) and on the command line (``--lr 1e-3``,
-dashes or underscores). An unknown YAML key is an error that lists the valid keys, so a typo
-can never silently fall back to a default.
+dataclass below can be set in YAML (``lr: 1e-3``) and on the command line (``--lr 1e-3``; one
+spelling, with dashes; booleans as ``--amp``/``--no-amp``). Types come from the annotations
+(``typing.get_type_hints``), help texts, groups and allowed values from each field's metadata.
+An unknown YAML key is an error that lists the valid keys, so a typo can never silently fall
+back to a default. A YAML may extend another with ``base: <path relative to it>``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import difflib
-import inspect
 import os
-import re
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -20,101 +21,133 @@ from typing import Any, Optional
 import yaml
 
 
-class ConfigError(ValueError):
-    """A configuration problem the user has to fix; the message says how."""
+from .errors import ConfigError  # noqa: F401  (re-exported: older code imports it from here)
+
+GROUPS = {"model": "model", "data": "data", "augmentation": "augmentation (timm)",
+          "optimisation": "optimisation and precision", "run": "run: outputs, logging, resume"}
+
+
+def key(default, help: str, *, group: str, choices: tuple | None = None):
+    """A config key: its default, help text, argument group and allowed values (if enumerated)."""
+    metadata = {"help": help, "group": group, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class Config:
     # --- what to train --------------------------------------------------------------------
-    model: str = "qkformer_cifar_4_384"        # a name from models.VARIANTS
-    T: Optional[int] = None                    # time steps (None: the variant's default)
-    embed_dim: Optional[int] = None            # width (None: the variant's default, likewise below)
-    depth: Optional[int] = None                # number of blocks
-    num_heads: Optional[int] = None            # attention heads
-    mlp_ratio: Optional[float] = None          # MLP hidden width / embed_dim
-    img_size: Optional[int] = None             # input resolution
-    num_classes: Optional[int] = None          # None: from the dataset
-    fix_tb_merge: bool = False                 # fix the upstream LIF-over-T*B bug (README)
-    lif_backend: Optional[str] = None          # auto | fused | torch | cupy (None: $SNN_LIF_BACKEND or auto)
-    initial_checkpoint: Optional[str] = None   # start from these weights (fine-tuning)
-    start_epoch: Optional[int] = None          # begin the schedule at this epoch (continued training)
+    model: str = key("qkformer_cifar_4_384", 'a name from models.VARIANTS', group='model')
+    T: Optional[int] = key(None, "time steps (None: the variant's default)", group='model')
+    embed_dim: Optional[int] = key(None, "width (None: the variant's default, likewise below)", group='model')
+    depth: Optional[int] = key(None, 'number of blocks', group='model')
+    num_heads: Optional[int] = key(None, 'attention heads', group='model')
+    mlp_ratio: Optional[float] = key(None, 'MLP hidden width / embed_dim', group='model')
+    img_size: Optional[int] = key(None, 'input resolution', group='model')
+    num_classes: Optional[int] = key(None, 'None: from the dataset', group='model')
+    fix_tb_merge: bool = key(False, 'fix the upstream LIF-over-T*B bug (README)', group='model')
+    lif_backend: Optional[str] = key(None, 'LIF neuron backend (None: $SNN_LIF_BACKEND, else auto)',
+        group='model', choices=('auto', 'torch', 'fused', 'cupy', 'triton'))
+    initial_checkpoint: Optional[str] = key(None, 'start from these weights (fine-tuning)', group='model')
+    start_epoch: Optional[int] = key(None, 'begin the schedule at this epoch (continued training)', group='model')
 
     # --- data -----------------------------------------------------------------------------
-    dataset: str = "cifar10"                   # cifar10 | cifar100 | imagenet | cifar10dvs | dvs128gesture | fake
-    dvs_split: str = "originals"               # CIFAR10-DVS: originals (per-class first 90%) | tebn (0-99 test)
-    dvs_aug: bool = False                      # event-frame augmentation: flip + SNNAugmentWide (DVS recipes)
-    data_dir: str = "data"                     # folder holding cifar-10-batches-py / cifar-100-python
-    download: bool = False                     # let torchvision download the dataset
-    workers: int = 4
-    batch_size: int = 64
-    val_batch_size: int = 64
-    pin_memory: bool = True
+    dataset: str = key("cifar10", 'which dataset (fake: synthetic images, nothing to download)',
+        group='data', choices=('cifar10', 'cifar100', 'imagenet', 'cifar10dvs', 'dvs128gesture', 'fake'))
+    dvs_split: str = key("originals", 'CIFAR10-DVS: originals (per-class first 90%) | tebn (0-99 test)',
+        group='data', choices=('originals', 'tebn'))
+    dvs_aug: bool = key(False, 'event-frame augmentation: flip + SNNAugmentWide (DVS recipes)', group='data')
+    data_dir: str = key("data", 'folder holding cifar-10-batches-py / cifar-100-python', group='data')
+    download: bool = key(False, 'let torchvision download the dataset', group='data')
+    workers: int = key(4, 'data-loading processes per training process (capped at the CPUs available)', group='data')
+    batch_size: int = key(64, 'training batch per process', group='data')
+    val_batch_size: int = key(64, 'validation batch per process', group='data')
+    pin_memory: bool = key(True, 'page-locked host memory for faster host-to-GPU copies', group='data')
 
     # --- augmentation (timm) ---------------------------------------------------------------
-    mean: Optional[list[float]] = None         # None: the variant's normalisation
-    std: Optional[list[float]] = None
-    interpolation: str = "bicubic"
-    train_interpolation: str = "bicubic"
-    crop_pct: Optional[float] = None          # eval resize = size / crop_pct; None: 224/256 up to 224, else 1 (MAE)
-    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
-    hflip: float = 0.5
-    vflip: float = 0.0
-    color_jitter: Optional[float] = 0.4        # ignored by timm when aa is set
-    aa: Optional[str] = None                   # RandAugment/AutoAugment string, e.g. rand-m9-n1-mstd0.4-inc1
-    reprob: float = 0.0                        # random erasing probability
-    remode: str = "const"
-    recount: int = 1
-    mixup: float = 0.0                         # mixup alpha; mixup/cutmix active if either > 0
-    cutmix: float = 0.0
-    cutmix_minmax: Optional[list[float]] = None
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    mixup_mode: str = "batch"
-    mixup_off_epoch: int = 0                   # turn mixup/cutmix off from this epoch (0: never)
-    smoothing: float = 0.1                     # label smoothing
+    mean: Optional[list[float]] = key(None, "None: the variant's normalisation", group='augmentation')
+    std: Optional[list[float]] = key(None, "None: the variant's normalisation", group='augmentation')
+    interpolation: str = key("bicubic", 'resize interpolation for evaluation',
+        group='augmentation', choices=('bicubic', 'bilinear', 'nearest'))
+    train_interpolation: str = key("bicubic", 'random-resized-crop interpolation ("random": timm picks)',
+        group='augmentation', choices=('bicubic', 'bilinear', 'nearest', 'random'))
+    crop_pct: Optional[float] = key(None, 'eval resize = size / crop_pct; None: 224/256 up to 224, else 1 (MAE)',
+        group='augmentation')
+    scale: list[float] = key([0.08, 1.0], 'random-resized-crop area range [min, max] (fraction of the image)',
+        group='augmentation')
+    ratio: list[float] = key([3 / 4, 4 / 3], 'random-resized-crop aspect-ratio range [min, max]',
+        group='augmentation')
+    hflip: float = key(0.5, 'horizontal flip probability', group='augmentation')
+    vflip: float = key(0.0, 'vertical flip probability', group='augmentation')
+    color_jitter: Optional[float] = key(0.4, 'ignored by timm when aa is set', group='augmentation')
+    aa: Optional[str] = key(None, 'RandAugment/AutoAugment string, e.g. rand-m9-n1-mstd0.4-inc1',
+        group='augmentation')
+    reprob: float = key(0.0, 'random erasing probability', group='augmentation')
+    remode: str = key("const", 'random erasing fill', group='augmentation', choices=('const', 'rand', 'pixel'))
+    recount: int = key(1, 'random erasing: number of erased boxes', group='augmentation')
+    mixup: float = key(0.0, 'mixup alpha; mixup/cutmix active if either > 0', group='augmentation')
+    cutmix: float = key(0.0, 'cutmix alpha', group='augmentation')
+    cutmix_minmax: Optional[list[float]] = key(None, 'cutmix box size range [min, max] (overrides alpha)',
+        group='augmentation')
+    mixup_prob: float = key(1.0, 'probability of applying mixup or cutmix to a batch', group='augmentation')
+    mixup_switch_prob: float = key(0.5, 'probability of cutmix instead of mixup when both are on',
+        group='augmentation')
+    mixup_mode: str = key("batch", 'how mixup pairs are drawn',
+        group='augmentation', choices=('batch', 'pair', 'elem'))
+    mixup_off_epoch: int = key(0, 'turn mixup/cutmix off from this epoch (0: never)', group='augmentation')
+    smoothing: float = key(0.1, 'label smoothing', group='augmentation')
 
     # --- optimisation ---------------------------------------------------------------------
-    opt: str = "adamw"
-    lr: Optional[float] = 1e-3                 # absolute learning rate; None: blr * effective batch / 256
-    blr: Optional[float] = None                # base learning rate of the MAE-style ImageNet scripts
-    weight_decay: float = 0.05
-    momentum: float = 0.9
-    opt_eps: Optional[float] = None
-    opt_betas: Optional[list[float]] = None
-    clip_grad: Optional[float] = None
-    clip_mode: str = "norm"
-    accum_iter: Optional[int] = None           # micro-batches per optimizer step (None: 1, or from effective_batch)
-    effective_batch: Optional[int] = None      # batch_size x accum_iter x processes; sets accum_iter for you
-    layer_decay: float = 1.0                   # only 1.0 (all published runs; see README)
-    sched: str = "cosine"                      # timm scheduler name, or mae_cosine (per-update, MAE/DeiT)
-    epochs: int = 300
-    warmup_epochs: int = 0
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
-    cooldown_epochs: int = 0                   # extra epochs at min_lr after the schedule
-    decay_rate: float = 0.1
-    decay_epochs: float = 30                   # step schedule only
-    warmup_prefix: bool = False                # cosine starts after warmup (MAE) instead of at 0 (timm)
-    sched_on_updates: bool = False             # step the schedule every update, not every epoch
-    amp: bool = True                           # mixed precision on CUDA; on CPU only with amp_dtype bfloat16
-    eval_amp: bool = True                      # also evaluate under autocast (the DVS scripts evaluate in fp32)
-    amp_dtype: str = "float16"                 # float16 (with loss scaling) | bfloat16
-    grad_checkpointing: bool = False           # recompute blocks in backward: less memory, same gradients
-    compile: bool = False                      # torch.compile the model (slow to start; see README)
-    model_ema: bool = False
-    model_ema_decay: float = 0.9998
+    opt: str = key("adamw", 'timm optimizer name (adamw, sgd, lamb, ...)', group='optimisation')
+    lr: Optional[float] = key(1e-3, 'absolute learning rate; None: blr * effective batch / 256', group='optimisation')
+    blr: Optional[float] = key(None, 'base learning rate of the MAE-style ImageNet scripts', group='optimisation')
+    weight_decay: float = key(0.05, 'weight decay (norms and biases are exempt, as in the originals)',
+        group='optimisation')
+    momentum: float = key(0.9, 'SGD momentum', group='optimisation')
+    opt_eps: Optional[float] = key(None, "optimizer epsilon (None: the optimizer's default)", group='optimisation')
+    opt_betas: Optional[list[float]] = key(None, "Adam betas [beta1, beta2] (None: the optimizer's default)",
+        group='optimisation')
+    clip_grad: Optional[float] = key(None, 'gradient clipping threshold (None: no clipping)', group='optimisation')
+    clip_mode: str = key("norm", 'what clip_grad bounds', group='optimisation', choices=('norm', 'value', 'agc'))
+    accum_iter: Optional[int] = key(None, 'micro-batches per optimizer step (None: 1, or from effective_batch)',
+        group='optimisation')
+    effective_batch: Optional[int] = key(None, 'batch_size x accum_iter x processes; sets accum_iter for you',
+        group='optimisation')
+    layer_decay: float = key(1.0, 'only 1.0 (all published runs; see README)', group='optimisation')
+    sched: str = key("cosine", 'timm scheduler name, or mae_cosine (per-update, MAE/DeiT)',
+        group='optimisation', choices=('cosine', 'mae_cosine', 'tanh', 'step', 'multistep', 'plateau', 'poly', 'constant'))
+    epochs: int = key(300, 'epochs of the schedule (cooldown comes on top)', group='optimisation')
+    warmup_epochs: int = key(0, 'linear learning-rate warm-up epochs', group='optimisation')
+    warmup_lr: float = key(1e-6, 'learning rate at the start of warm-up', group='optimisation')
+    min_lr: float = key(1e-5, 'learning rate at the end of the cosine schedule', group='optimisation')
+    cooldown_epochs: int = key(0, 'extra epochs at min_lr after the schedule', group='optimisation')
+    decay_rate: float = key(0.1, 'step/multistep schedule: factor per decay', group='optimisation')
+    decay_epochs: float = key(30, 'step schedule only', group='optimisation')
+    warmup_prefix: bool = key(False, 'cosine starts after warmup (MAE) instead of at 0 (timm)', group='optimisation')
+    sched_on_updates: bool = key(False, 'step the schedule every update, not every epoch', group='optimisation')
+    amp: bool = key(True, 'mixed precision on CUDA; on CPU only with amp_dtype bfloat16', group='optimisation')
+    eval_amp: bool = key(True, 'also evaluate under autocast (the DVS scripts evaluate in fp32)',
+        group='optimisation')
+    amp_dtype: str = key("float16", 'float16 (with loss scaling) | bfloat16',
+        group='optimisation', choices=('float16', 'bfloat16'))
+    grad_checkpointing: bool = key(False, 'recompute blocks in backward: less memory, same gradients',
+        group='optimisation')
+    compile: bool = key(False, 'torch.compile the model (slow to start; see README)', group='optimisation')
+    model_ema: bool = key(False, 'keep an exponential moving average of the weights (validated and saved too)',
+        group='optimisation')
+    model_ema_decay: float = key(0.9998, 'EMA decay per update', group='optimisation')
 
     # --- run ------------------------------------------------------------------------------
-    seed: int = 42
-    device: str = "auto"                       # auto | cpu | cuda | cuda:N
-    output: str = "output"                     # runs go to <output>/<experiment>
-    experiment: Optional[str] = None           # None: <dataset>-<model>
-    resume: Optional[str] = None               # a checkpoint, or "auto": <run dir>/last.pth
-    log_interval: int = 50                     # steps between log lines when no progress bar
-    tensorboard: bool = True
-    progress: bool = True                      # progress bars (only on a terminal)
+    seed: int = key(42, 'random seed (each process adds its rank)', group='run')
+    device: str = key("auto", 'auto | cpu | cuda | cuda:N', group='run')
+    output: str = key("output", 'runs go to <output>/<experiment>', group='run')
+    experiment: Optional[str] = key(None, 'None: <dataset>-<model>', group='run')
+    resume: Optional[str] = key(None, 'a checkpoint, or "auto": <run dir>/last.pth', group='run')
+    log_interval: int = key(50, 'steps between log lines when no progress bar', group='run')
+    tensorboard: bool = key(True, 'write TensorBoard logs to <run dir>/tensorboard', group='run')
+    progress: bool = key(True, 'progress bars (only on a terminal)', group='run')
+
 
     def eval_crop_pct(self, img_size: int) -> float:
         if self.crop_pct is not None:
@@ -154,6 +187,21 @@ class Config:
 
 
 FIELDS = {f.name: f for f in fields(Config)}
+BASE_KEY = "base"  # a YAML names the recipe it extends: ``base: _qkformer.yml`` (relative to itself)
+
+
+def _field_type(hint) -> tuple[type, type | None, bool]:
+    """(type, list item type or None, optional) of a field, from its real annotation."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is list:
+        return list, typing.get_args(hint)[0], optional
+    return hint, None, optional
+
+
+TYPES = {name: _field_type(hint) for name, hint in typing.get_type_hints(Config).items()}
 
 
 def _check_keys(values: dict[str, Any], where: str) -> None:
@@ -165,46 +213,80 @@ def _check_keys(values: dict[str, Any], where: str) -> None:
                               f"Valid keys: {', '.join(sorted(FIELDS))}")
 
 
+def _default(name: str) -> Any:
+    f = FIELDS[name]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _scalar(kind: type, value: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, str):
+            if value.lower() in ("true", "yes", "1", "on"):
+                return True
+            if value.lower() in ("false", "no", "0", "off"):
+                return False
+            raise ValueError
+        if not isinstance(value, (bool, int)):
+            raise ValueError
+        return bool(value)
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    if kind is str:
+        if isinstance(value, (list, dict)):
+            raise ValueError
+        return str(value)
+    raise TypeError(f"unsupported config type {kind}")
+
+
 def _coerce(name: str, value: Any) -> Any:
-    """YAML gives '1e-3' as a string and ints for floats; convert to the field's type."""
-    optional = FIELDS[name].type.startswith("Optional[")
+    """YAML gives '1e-3' as a string and ints for floats; convert to the field's real type."""
+    kind, item, optional = TYPES[name]
     if optional and isinstance(value, str) and value.lower() in ("none", "null", ""):
         return None  # "--lr none", "--aa none": unset an optional key from the command line
     if value is None:
         if not optional:
-            default = FIELDS[name].default if FIELDS[name].default is not dataclasses.MISSING \
-                else FIELDS[name].default_factory()
             raise ConfigError(f"config key '{name}' has no value (null); give one, or delete the line "
-                              f"to use the default {default!r}")
+                              f"to use the default {_default(name)!r}")
         return None
-    kind = FIELDS[name].type.replace("Optional[", "").rstrip("]")
+    if kind is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(_list_message(name, value))
+        try:
+            return [_scalar(item, v) for v in value]
+        except (TypeError, ValueError):
+            raise ConfigError(_list_message(name, value)) from None
     try:
-        if kind == "float":
-            return float(value)
-        if kind == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if kind == "bool":
-            if isinstance(value, str):
-                if value.lower() in ("true", "yes", "1", "on"):
-                    return True
-                if value.lower() in ("false", "no", "0", "off"):
-                    return False
-                raise ValueError
-            return bool(value)
-        if kind.startswith("list"):
-            items = value if isinstance(value, (list, tuple)) else [value]
-            return [float(v) for v in items]
-        if kind == "str":
-            return str(value)
+        value = _scalar(kind, value)
     except (TypeError, ValueError):
-        raise ConfigError(f"config key '{name}' expects {kind}, got {value!r}") from None
+        raise ConfigError(f"config key '{name}' expects {'true/false' if kind is bool else kind.__name__}, "
+                          f"got {value!r}") from None
+    choices = FIELDS[name].metadata.get("choices")
+    if choices and value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"config key '{name}' must be one of {', '.join(choices)}; got {value!r}{hint}")
     return value
 
 
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
+# List keys whose length is fixed: a scalar (``scale: 1.0``) or a wrong count would otherwise
+# fail deep inside timm.
+LIST_LENGTHS = {"scale": 2, "ratio": 2, "opt_betas": 2, "cutmix_minmax": 2, "mean": 3, "std": 3}
+
+
+def _list_message(name: str, value: Any) -> str:
+    length = LIST_LENGTHS.get(name)
+    example = _default(name) or [0.0] * (length or 2)
+    count = f"{length} numbers" if length else "numbers"
+    return f"config key '{name}' expects a list of {count}, e.g. {name}: {example}, got {value!r}"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     with open(path) as f:
@@ -218,43 +300,85 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
                               f"write one 'key: value' per line, lists as [a, b]") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+    return values
+
+
+def load_yaml_with_sources(path: str | os.PathLike, _chain: tuple = ()) -> tuple[dict[str, Any], dict[str, str]]:
+    """A recipe's values with its ``base:`` chain applied (the file's own keys win), and for
+    each key the file it came from."""
+    path = Path(path)
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"{path}: recipe bases form a cycle ({cycle}); remove one 'base:' line")
+    values = _read_yaml(path)
+    base = values.pop(BASE_KEY, None)
     _check_keys(values, str(path))
-    return {k: _coerce(k, v) for k, v in values.items()}
+    merged, sources = {}, {}
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: 'base' names one YAML file, e.g. base: _qkformer.yml; got {base!r}")
+        merged, sources = load_yaml_with_sources(path.parent / base, (*_chain, path.resolve()))
+    for k, v in values.items():
+        merged[k] = _coerce(k, v)
+        sources[k] = str(path)
+    return merged, sources
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    return load_yaml_with_sources(path)[0]
 
 
 def field_help() -> dict[str, str]:
-    """Each key's help text: the comment beside it in :class:`Config` plus its built-in default."""
-    comments = {}
-    for line in inspect.getsource(Config).splitlines():
-        match = re.match(r"\s+(\w+): [^#]*#\s*(.*)$", line)
-        if match:
-            comments[match[1]] = match[2]
-    out = {}
-    for f in fields(Config):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        out[f.name] = (f"{comments[f.name]} " if f.name in comments else "") + f"(built-in default: {default})"
-    return out
+    """Each key's help text (its field metadata) plus its built-in default."""
+    return {f.name: f"{f.metadata['help']} (built-in default: {_default(f.name)})" for f in fields(Config)}
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
-    """One flag per config key (``--lr``, ``--data-dir``...), plus ``-c/--config``."""
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    """One flag per config key (``--lr``, ``--data-dir``, ``--amp/--no-amp``...), in groups, plus
+    ``-c/--config`` and ``--print-config``."""
+    parser = argparse.ArgumentParser(
+        description=description, allow_abbrev=False,
+        epilog="Each key overrides the YAML file (and the bases it names), which overrides the built-in "
+               "defaults shown here; the run's resolved values are written to <run dir>/config.yaml.")
     parser.add_argument("-c", "--config", help="YAML file with config keys (path, or a name next to the script)")
-    group = parser.add_argument_group(
-        "config keys", "Each overrides the YAML file, which overrides the built-in defaults shown here; "
-                       "the run's resolved values are written to <run dir>/config.yaml.")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as YAML, with where each value came from, and exit")
+    groups = {name: parser.add_argument_group(title) for name, title in GROUPS.items()}
     helps = field_help()
     for f in fields(Config):
-        flags = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
-        kind = f.type.replace("Optional[", "").rstrip("]")
+        kind, item, _ = TYPES[f.name]
+        group = groups[f.metadata["group"]]
+        flag = f"--{f.name.replace('_', '-')}"
         text = helps[f.name].replace("%", "%%")
-        if kind == "bool":
-            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif kind.startswith("list"):
-            group.add_argument(*flags, dest=f.name, nargs="+", default=None, metavar="V", help=text)
+        choices = f.metadata.get("choices")
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif kind is list:
+            group.add_argument(flag, dest=f.name, nargs="+", default=None, metavar=item.__name__.upper(),
+                               help=text)
+        elif choices:
+            group.add_argument(flag, dest=f.name, default=None, choices=choices, help=text)
         else:
-            group.add_argument(*flags, dest=f.name, default=None, metavar=kind.upper(), help=text)
+            group.add_argument(flag, dest=f.name, default=None, metavar=kind.__name__.upper(), help=text)
     return parser
+
+
+def sources_of(yaml_sources: dict[str, str], cli_values: dict[str, Any]) -> dict[str, str]:
+    """Where each key's value comes from: a YAML file, the command line, or the built-in default."""
+    out = {name: "default" for name in FIELDS}
+    out.update(yaml_sources)
+    out.update({k: "command line" for k, v in cli_values.items() if v is not None and k in FIELDS})
+    return out
+
+
+def format_config(cfg: Config, sources: dict[str, str]) -> str:
+    """The resolved config as YAML, one key per line, each with its origin as a comment."""
+    lines = []
+    for name, value in cfg.to_dict().items():
+        text = yaml.safe_dump({name: value}, default_flow_style=True, width=1000).strip()
+        text = text[1:-1] if text.startswith("{") else text  # {key: value} -> key: value
+        lines.append(f"{text:<48} # {sources.get(name, 'default')}")
+    return "\n".join(lines) + "\n"
 
 
 def resolve_config_path(name: str | None, script_dir: Path, default: str) -> Path:
@@ -294,19 +418,11 @@ def make_config(yaml_values: dict[str, Any], cli_values: dict[str, Any]) -> Conf
     return cfg
 
 
-# List keys whose length is fixed: a scalar (``scale: 1.0``) or a wrong count would otherwise
-# fail deep inside timm.
-LIST_LENGTHS = {"scale": 2, "ratio": 2, "opt_betas": 2, "cutmix_minmax": 2, "mean": 3, "std": 3}
-
-
 def _check_list_lengths(cfg: Config) -> None:
     for key, length in LIST_LENGTHS.items():
         value = getattr(cfg, key)
         if value is not None and len(value) != length:
-            example = FIELDS[key].default_factory() if FIELDS[key].default_factory is not dataclasses.MISSING \
-                else [0.0] * length
-            raise ConfigError(f"config key '{key}' expects a list of {length} numbers, e.g. {key}: {example}, "
-                              f"got {value}")
+            raise ConfigError(_list_message(key, value))
 
 
 def validate(cfg: Config) -> None:

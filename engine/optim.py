@@ -11,7 +11,7 @@ import math
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 
-from .config import ConfigError
+from .errors import ConfigError
 
 # The names create_scheduler_v2 knows; it silently returns no scheduler for any other.
 TIMM_SCHEDULES = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "constant")

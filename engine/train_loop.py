@@ -18,6 +18,7 @@ from timm.utils import dispatch_clip_grad
 from models import reset_net
 
 from .distributed import all_reduce_sum
+from .errors import NonFiniteLoss  # noqa: F401  (re-exported)
 from .telemetry import grad_norm
 
 
@@ -32,8 +33,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is left untouched."""
 
 
 @dataclass

@@ -1,4 +1,5 @@
 """Every user mistake gets a one-line error that names the fix, and loses no data."""
+import dataclasses
 import subprocess
 import sys
 
@@ -144,7 +145,10 @@ def test_unknown_device_optimizer_and_schedule(tmp_path):
     net = torch.nn.Linear(2, 2)
     with pytest.raises(ConfigError, match="optimizer 'adamx'.*list_optimizers"):
         build_optimizer(make_config({}, {"opt": "adamx"}), net)
-    cfg = make_config({}, {"sched": "cosin"})
+    # An enumerated key is checked when the config is made, before anything is built.
+    with pytest.raises(ConfigError, match="'sched' must be one of cosine, mae_cosine, .*did you mean 'cosine'"):
+        make_config({}, {"sched": "cosin"})
+    cfg = dataclasses.replace(make_config({}, {}), sched="cosin")   # bypassing the config's check
     with pytest.raises(ConfigError, match="unknown schedule 'cosin'; choose mae_cosine or one of timm's: cosine"):
         build_scheduler(cfg, build_optimizer(cfg, net), 10, 10)
 

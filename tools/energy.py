@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
-from engine.cli import USER_ERRORS  # noqa: E402
+from engine.cli import _user_errors  # noqa: E402
 from engine.config import Config, ConfigError, load_yaml, make_config  # noqa: E402
 from engine.energy import EnergyMeter, format_report, write_report  # noqa: E402
 
@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     try:
         return run(args)
-    except USER_ERRORS as exc:
+    except _user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 

@@ -1,2 +1,1 @@
-class DataError(RuntimeError):
-    """A dataset that is missing or malformed; the message names the path and the fix."""
+from ..errors import DataError  # noqa: F401  (one home for the engine's exception types)
