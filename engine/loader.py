@@ -1,6 +1,7 @@
 """DataLoaders and per-epoch seeding, so that a resumed run sees exactly the same data."""
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -22,6 +23,23 @@ def epoch_seed(base: int, epoch: int, rank: int) -> int:
     worker seeds, mixup) derives from it, so resuming at an epoch boundary reproduces the rest of
     an interrupted run exactly."""
     return base + 1_000_003 * epoch + 7919 * rank
+
+
+def usable_workers(requested: int) -> int:
+    """``requested`` loader workers, capped at the CPUs this process may use (one line saying so).
+
+    More workers than CPUs only adds processes competing for the same cores; torch would warn
+    about it on every loader of every run. The CPU count is torch's (the affinity mask)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if requested <= cpus:
+        return requested
+    if requested not in _reported:
+        _reported.add(requested)
+        print(f"workers: {requested} requested, this machine has {cpus} CPUs; using {cpus}")
+    return cpus
+
+
+_reported: set[int] = set()
 
 
 class ShardSampler(Sampler[int]):
@@ -63,7 +81,7 @@ def train_loader(cfg, train_set, info: DistInfo) -> DataLoader:
     else:
         sampler = EpochShuffleSampler(len(train_set), cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.workers, pin_memory=cfg.pin_memory and info.device.type == "cuda")
+                        num_workers=usable_workers(cfg.workers), pin_memory=cfg.pin_memory and info.device.type == "cuda")
     if len(loader) == 0:
         raise DataError(f"the training set has {len(sampler)} samples per process, fewer than one batch "
                         f"of {cfg.batch_size}; lower --batch-size")
@@ -74,4 +92,4 @@ def eval_loader(cfg, val_set, info: DistInfo) -> DataLoader:
     """Every sample once, in order, split across processes."""
     return DataLoader(val_set, batch_size=cfg.val_batch_size,
                       sampler=ShardSampler(len(val_set), info.rank, info.world_size),
-                      num_workers=cfg.workers, pin_memory=cfg.pin_memory and info.device.type == "cuda")
+                      num_workers=usable_workers(cfg.workers), pin_memory=cfg.pin_memory and info.device.type == "cuda")

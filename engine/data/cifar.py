@@ -8,8 +8,10 @@ with a warning, so small hand-made datasets in the real pickle format work too.
 from __future__ import annotations
 
 import hashlib
+import pickle
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import torchvision
 
@@ -38,11 +40,7 @@ def check_layout(name: str, root: Path) -> None:
         raise DataError(f"{name}: data dir {root} does not exist. Pass --data-dir pointing at the folder "
                         f"that contains {spec['folder']}/, or add --download to fetch it from {URL}.")
     if not folder.is_dir():
-        if all((root / f).is_file() for f in expected):
-            raise DataError(f"{name}: {root} holds the batch files directly; pass its parent folder "
-                            f"as --data-dir ({root.parent}).")
-        raise DataError(f"{name}: {folder} not found. Extract {spec['archive']} (from {URL}) into {root}, "
-                        f"or add --download.")
+        raise DataError(_misplaced_advice(name, root, set(expected)))
     missing = sorted(f for f in expected if not (folder / f).is_file())
     if missing:
         raise DataError(f"{name}: {folder} is incomplete, missing {', '.join(missing)}. Re-extract "
@@ -51,6 +49,44 @@ def check_layout(name: str, root: Path) -> None:
     if changed:
         warnings.warn(f"{name}: {', '.join(changed)} in {folder} differ from the official release "
                       f"(md5); results will not be comparable to published numbers.", stacklevel=2)
+
+
+def _misplaced_advice(name: str, root: Path, files: set[str]) -> str:
+    """Where the batch files are, if not in ``root/<official folder>``: a fix that works."""
+    spec = SPECS[name]
+    target = root / spec["folder"]
+    if all((root / f).is_file() for f in files):
+        if root.name == spec["folder"]:
+            return (f"{name}: {root} holds the batch files directly; pass its parent folder as --data-dir "
+                    f"({root.parent}).")
+        return (f"{name}: {root} holds the batch files directly, but torchvision reads them only from a "
+                f"folder named {spec['folder']}: move them into {target}/ and keep --data-dir {root}.")
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        if all((sub / f).is_file() for f in files):
+            return (f"{name}: the batch files are in {sub}, but torchvision reads them only from a folder "
+                    f"named {spec['folder']}: rename {sub} to {target} and keep --data-dir {root}.")
+    return (f"{name}: {target} not found. Extract {spec['archive']} (from {URL}) into {root}, "
+            f"or add --download.")
+
+
+class _StrKeyPickle:
+    """Stands in for the ``pickle`` module inside torchvision's CIFAR loader.
+
+    Batches re-saved after ``pickle.load(..., encoding='bytes')`` (as the official page shows)
+    have ``b'data'``/``b'labels'`` keys; torchvision indexes with str keys, so they are decoded
+    here. A file that does not unpickle is reported by name instead of as a bare pickle error.
+    """
+
+    @staticmethod
+    def load(file, **kwargs):
+        try:
+            entry = pickle.load(file, **kwargs)
+        except Exception as exc:
+            raise DataError(f"{file.name} is corrupt or truncated ({exc.__class__.__name__}: {exc}); "
+                            f"replace it from the official archive (re-extract it or add --download).") from None
+        if isinstance(entry, dict):
+            entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+        return entry
 
 
 def _without_md5_check(cls):
@@ -70,7 +106,10 @@ def build_cifar(name: str, root: str, train: bool, transform, download: bool):
         return spec["cls"](str(root_path), train=train, transform=transform, download=True)
     check_layout(name, root_path)
     try:
-        return _without_md5_check(spec["cls"])(str(root_path), train=train, transform=transform)
-    except Exception as exc:  # unpicklable or truncated batch files
+        with mock.patch.object(torchvision.datasets.cifar, "pickle", _StrKeyPickle):
+            return _without_md5_check(spec["cls"])(str(root_path), train=train, transform=transform)
+    except DataError as exc:
+        raise DataError(f"{name}: {exc}") from None
+    except Exception as exc:  # batches that unpickle but hold the wrong arrays
         raise DataError(f"{name}: could not read {root_path / spec['folder']} "
                         f"({exc.__class__.__name__}: {exc}). Re-extract {spec['archive']}.") from None
