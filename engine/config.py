@@ -53,8 +53,8 @@ class Config:
     start_epoch: Optional[int] = key(None, 'begin the schedule at this epoch (continued training)', group='model')
 
     # --- data -----------------------------------------------------------------------------
-    dataset: str = key("cifar10", 'which dataset (fake: synthetic images, nothing to download)',
-        group='data', choices=('cifar10', 'cifar100', 'imagenet', 'cifar10dvs', 'dvs128gesture', 'fake'))
+    dataset: str = key("cifar10", 'cifar10 | cifar100 | imagenet | cifar10dvs | dvs128gesture | fake (synthetic)',
+        group='data')
     dvs_split: str = key("originals", 'CIFAR10-DVS: originals (per-class first 90%) | tebn (0-99 test)',
         group='data', choices=('originals', 'tebn'))
     dvs_aug: bool = key(False, 'event-frame augmentation: flip + SNNAugmentWide (DVS recipes)', group='data')

@@ -20,6 +20,10 @@ from conftest import DATA
 from reference import TINY, make_input, run_case
 
 RTOL = 1e-5
+# The stored tensors were computed on an AMD EPYC; other CPUs (e.g. Intel Xeon) pick other conv/matmul
+# kernels, whose float32 rounding differs (measured: up to 2.3e-5 relative in one SGLFormer gradient).
+# Same-machine bit-for-bit checks need the original's op trace replayed locally (issue 13, open).
+RTOL_GRAD32 = 1e-4
 REFERENCE = DATA / "reference"
 
 
@@ -54,10 +58,11 @@ def test_same_outputs_and_gradients_as_original(config, backend):
                 noise = max(g.abs().max().item(), got["grads"][name].abs().max().item())
                 assert noise <= (1e-4 if dtype == torch.float32 else 1e-10) * largest, f"{key} grad {name} should be ~0"
                 continue
-            assert _rel(got["grads"][name], g, floor) <= RTOL, f"{key} grad {name}"
+            tol = RTOL_GRAD32 if dtype == torch.float32 else RTOL
+            assert _rel(got["grads"][name], g, floor) <= tol, f"{key} grad {name}"
         num = sum((got["grads"][n] - g).double().pow(2).sum() for n, g in expected["grads"].items())
         den = sum(g.double().pow(2).sum() for g in expected["grads"].values())
-        assert (num / den).sqrt() <= RTOL, f"{key} gradient L2"
+        assert (num / den).sqrt() <= (RTOL_GRAD32 if dtype == torch.float32 else RTOL), f"{key} gradient L2"
         checked.append(key)
     assert sorted(checked) == ["eval_float64", "train_float32", "train_float64"]
 
