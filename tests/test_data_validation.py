@@ -138,7 +138,7 @@ def test_cifar10dvs_recording_cut_to_its_header_is_refused(tmp_path):
     with pytest.warns(UserWarning, match=r"1 of 20 samples have no events; kept because of --allow-empty"):
         frames = _prepare("cifar10dvs", root, allow_empty=True)
     assert len(_frames(frames)) == 20
-    with pytest.raises(DataError, match=r"1 of its samples have fewer than 4 events \(it was made with --allow-empty"):
+    with pytest.raises(DataError, match=r"holds 1 sample with fewer than 4 events \(it was made with --allow-empty"):
         _prepare("cifar10dvs", root)                            # the choice is not silently carried over
 
 

@@ -24,11 +24,13 @@ Rules (the README's DVS section states them for users):
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import shutil
 import tarfile
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +39,7 @@ from tqdm import tqdm
 from .aedat import BadRecording
 from .dvs_cache import class_problems, fingerprint, listed, npz_files, read_marker, write_marker
 from .dvs_raw import (CIFAR10DVS_CLASSES, _sj, check_events_npz, convert, events_per_sample, extract_inputs,
-                      plan, sample_layout)
+                      plan, read_events_npz, sample_layout)
 from .errors import DataError
 
 SOURCES = {
@@ -48,6 +50,8 @@ SOURCES = {
 }
 PUBLISHED = {"cifar10dvs": 10000, "dvs128gesture": 1464}   # samples (Gesture: 1176 train + 288 test)
 RESUME = "--resume-prepare"
+# What a damaged or incomplete archive raises while it is read.
+BAD_ARCHIVE = (zipfile.BadZipFile, tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error)
 ALLOW = "--allow-empty"
 
 
@@ -106,7 +110,7 @@ def _compare_with_archives(extract: Path, paths: list[Path]) -> str | None:
     for path in paths:
         try:
             members = _archive_members(path)
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+        except BAD_ARCHIVE as exc:
             raise DataError(f"{path} cannot be read ({type(exc).__name__}: {exc}): it is damaged or incomplete; "
                             f"download it again.") from None
         total += len(members)
@@ -121,12 +125,12 @@ def _compare_with_archives(extract: Path, paths: list[Path]) -> str | None:
 
 
 def _unpack(name: str, root: Path, partial: Path, paths: list[Path], fp: str) -> Path:
+    from torchvision.datasets.utils import extract_archive
     partial.mkdir(exist_ok=True)
     for path in tqdm(paths, desc=f"{name}: extracting", unit="archive"):
         try:
-            from torchvision.datasets.utils import extract_archive
             extract_archive(str(path), str(partial))
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+        except BAD_ARCHIVE as exc:
             shutil.rmtree(partial)
             raise DataError(f"{name}: {path} cannot be unpacked ({type(exc).__name__}: {exc}): it is damaged or "
                             f"incomplete; download it again (nothing was kept).") from None
@@ -302,7 +306,7 @@ def events_stage(name: str, root: Path, resume: bool, allow_empty: bool) -> dict
     counts, problems, bad = _check_recordings(name, jobs, allow_empty)
     if problems:
         raise DataError(f"{name}: {listed(problems)}. Nothing was written. {_bad_input_advice(name, ext, bad)}" +
-                        (f" (or run with {ALLOW} to keep samples without events)"
+                        (f" Or run with {ALLOW} to keep samples without events (all-zero frames)."
                          if any("no events" in p for p in problems) else ""))
     if existing is events:
         events.rename(partial)
@@ -335,7 +339,7 @@ def _finish_events(name: str, root: Path, folder: Path, counts: dict[str, int], 
 
 def _short_samples(events: Path, files: list[str], marker: dict, T: int) -> dict[str, int]:
     """Samples with fewer than T events (read only where the marker says some may exist)."""
-    if marker["min_events"] >= T:
+    if marker.get("min_events", 0) >= T:
         return {}
     short = {}
     for rel in files:
@@ -375,8 +379,8 @@ def frames_stage(name: str, root: Path, T: int, events_marker: dict, resume: boo
         if not problems and marker["inputs"] != fp:
             problems.append(f"{events} has changed since it was made (samples added, removed or of other sizes)")
         if not problems and marker.get("short") and not allow_empty:
-            problems.append(f"{marker['short']} of its samples have fewer than {T} events (it was made with "
-                            f"{ALLOW}); run with {ALLOW} to use it")
+            raise DataError(f"{name}: {frames} holds {marker['short']} sample{'s' * (marker['short'] > 1)} with fewer than {T} events (it was "
+                            f"made with {ALLOW}): run with {ALLOW} to use it, or delete it and prepare again.")
         if not problems:
             return frames
         if not resume:
@@ -416,11 +420,9 @@ def frames_stage(name: str, root: Path, T: int, events_marker: dict, resume: boo
 
     def load(path):
         try:
-            check_events_npz(Path(path))
+            return read_events_npz(path)
         except ValueError as exc:
             raise BadRecording(str(exc)) from None
-        with np.load(path) as z:
-            return {k: z[k] for k in ("t", "x", "y", "p")}
 
     for rel in tqdm(files, desc=f"{name}: frames (T={T})", unit="sample"):
         if not fresh:

@@ -162,18 +162,24 @@ def convert(name: str, job: Job, out: Path) -> None:
             cls.load_origin_data = original
 
 
-def check_events_npz(path: Path) -> int:
-    """Open an events_np sample completely; its number of events (raises ValueError if unusable)."""
+def read_events_npz(path) -> dict:
+    """An events_np sample, opened completely and checked (raises ValueError if unusable)."""
     try:
         with np.load(path) as z:
-            arrays = [z[k] for k in ("t", "x", "y", "p")]
+            events = {k: z[k] for k in ("t", "x", "y", "p")}
     except KeyError as exc:
         raise ValueError(f"no array {exc} (not an events file)") from None
     except Exception as exc:   # BadZipFile, EOFError, OSError, zlib.error, ...: a half-written file
         raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
-    n = len(arrays[0])
-    if any(a.ndim != 1 or len(a) != n for a in arrays):
+    n = len(events["t"])
+    if any(a.ndim != 1 or len(a) != n for a in events.values()):
         raise ValueError("arrays t, x, y, p of different lengths")
-    if n and (arrays[1].min() < 0 or arrays[1].max() > 127 or arrays[2].min() < 0 or arrays[2].max() > 127):
+    x, y = events["x"], events["y"]
+    if n and (x.min() < 0 or x.max() > 127 or y.min() < 0 or y.max() > 127):
         raise ValueError("x or y outside the 128x128 sensor")
-    return n
+    return events
+
+
+def check_events_npz(path) -> int:
+    """The number of events of a checked events_np sample."""
+    return len(read_events_npz(path)["t"])
