@@ -135,8 +135,10 @@ def test_cifar10dvs_recording_cut_to_its_header_is_refused(tmp_path):
                                         r".*It came from deer\.zip in download/.*--allow-empty"):
         _prepare("cifar10dvs", root)
     assert _folders(root) == ["download", "extract"]          # no events_np, frames or .partial
-    with pytest.warns(UserWarning, match=r"1 of 20 samples have no events; kept because of --allow-empty"):
+    with pytest.warns(UserWarning) as record:
         frames = _prepare("cifar10dvs", root, allow_empty=True)
+    assert [str(w.message).split(";")[0] for w in record] == [
+        "cifar10dvs: 1 of 20 samples have no events", "cifar10dvs: 1 of 20 samples have fewer than T=4 events"]
     assert len(_frames(frames)) == 20
     with pytest.raises(DataError, match=r"holds 1 sample with fewer than 4 events \(it was made with --allow-empty"):
         _prepare("cifar10dvs", root)                            # the choice is not silently carried over
@@ -225,6 +227,13 @@ def test_markerless_events_np_is_not_trusted_and_resumes(tmp_path):
     assert json.loads((root / "events_np" / ".complete").read_text())["samples"] == 20
     got = _frames(frames)
     assert got.keys() == reference.keys() and all(np.array_equal(got[k], reference[k]) for k in got)
+    shutil.rmtree(root / "extract")
+    shutil.rmtree(root / "download")
+    (root / "events_np" / ".complete").unlink()                # nothing left to count it against
+    with pytest.raises(DataError, match=r"events_np has no .complete marker and holds 20 samples, and there is no "
+                                        r"extract/ or download/ to check it against \(the published dataset has "
+                                        r"10000\)"):
+        _prepare("cifar10dvs", root)
 
 
 def test_cut_recordings_give_one_line_errors_with_offsets(tmp_path):

@@ -285,7 +285,7 @@ def events_stage(name: str, root: Path, resume: bool, allow_empty: bool) -> dict
     ext = extract_stage(name, root, resume, required=existing is None)
     if ext is None:
         counts = _adopt_without_inputs(name, existing, resume, allow_empty)
-        return _finish_events(name, root, existing, counts, None, allow_empty)
+        return _finish_events(name, root, existing, counts, None)
     jobs, problems = plan(name, ext)
     if problems:
         raise DataError(f"{name}: {listed(problems)}. Nothing was written. Make {ext} hold the published "
@@ -316,10 +316,10 @@ def events_stage(name: str, root: Path, resume: bool, allow_empty: bool) -> dict
          if not all(_verified(partial / rel, counts[rel]) for rel in job.outputs)]
     for job in tqdm(todo, desc=f"{name}: events -> npz", unit="file"):
         convert(name, job, partial)
-    return _finish_events(name, root, partial, counts, fingerprint(extract_inputs(name, ext), ext), allow_empty)
+    return _finish_events(name, root, partial, counts, fingerprint(extract_inputs(name, ext), ext))
 
 
-def _finish_events(name: str, root: Path, folder: Path, counts: dict[str, int], inputs, allow_empty: bool) -> dict:
+def _finish_events(name: str, root: Path, folder: Path, counts: dict[str, int], inputs) -> dict:
     for sub, classes in sample_layout(name).items():   # spikingjelly's folders even where a class is empty
         for c in classes:
             (folder / sub / c).mkdir(parents=True, exist_ok=True)
