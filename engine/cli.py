@@ -94,11 +94,14 @@ def prepare_main(dataset: str) -> None:
                     f"per number of frames T (nothing is downloaded).")
     parser.add_argument("--data-dir", required=True, help="dataset folder (holds download/ or extract/ or events_np/)")
     parser.add_argument("--T", type=int, nargs="+", default=[16], help="frames per sample to cache (e.g. 16 10)")
+    for name in ("allow_empty", "resume_prepare"):   # the config keys of the same name
+        parser.add_argument("--" + name.replace("_", "-"), action="store_true", help=FIELDS[name].metadata["help"])
     args = parser.parse_args()
 
     def run():
         for T in args.T:
-            frames = prepare(dataset, args.data_dir, T)
-            train, test = (build_dvs(dataset, args.data_dir, split, T) for split in (True, False))
+            frames = prepare(dataset, args.data_dir, T, allow_empty=args.allow_empty, resume=args.resume_prepare)
+            train, test = (build_dvs(dataset, args.data_dir, split, T, allow_empty=args.allow_empty)
+                           for split in (True, False))
             print(f"{dataset} T={T}: {len(train)} train / {len(test)} test samples in {frames}")
     _run(run)

@@ -58,6 +58,10 @@ class Config:
     dvs_split: str = key("originals", 'CIFAR10-DVS: originals (per-class first 90%) | tebn (0-99 test)',
         group='data', choices=('originals', 'tebn'))
     dvs_aug: bool = key(False, 'event-frame augmentation: flip + SNNAugmentWide (DVS recipes)', group='data')
+    allow_empty: bool = key(False, 'DVS: keep samples with fewer events than frames (T), counted in a warning, '
+        'instead of stopping', group='data')
+    resume_prepare: bool = key(False, 'DVS: continue an interrupted or unmarked cache from the files that verify',
+        group='data')
     data_dir: str = key("data", 'folder holding cifar-10-batches-py / cifar-100-python', group='data')
     download: bool = key(False, 'let torchvision download the dataset', group='data')
     workers: int = key(4, 'data-loading processes per training process (capped at the CPUs available)', group='data')

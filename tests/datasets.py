@@ -77,19 +77,25 @@ def random_events(rng: np.random.Generator, n: int, t0: int = 0):
     return t, rng.integers(0, 128, size=n), rng.integers(0, 128, size=n), rng.integers(0, 2, size=n)
 
 
+AEDAT2_HEADER = (b"#!AER-DAT2.0\r\n# This is a raw AE data file - do not edit\r\n"
+                 b"# Data format is int32 address, int32 timestamp (8 bytes total)\r\n")
+AEDAT31_HEADER = b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n#!END-HEADER\r\n"
+
+
 def aedat2_bytes(x_raw, y_raw, p_raw, t) -> bytes:
     """CIFAR10-DVS recordings: jAER AEDAT 2.0, '#' header lines, big-endian (address, timestamp)
     pairs with x in address bits 1-7, y in bits 8-14 and polarity in bit 0."""
-    header = b"#!AER-DAT2.0\r\n# This is a raw AE data file - do not edit\r\n# Data format is int32 address, int32 timestamp (8 bytes total)\r\n"
+    header = AEDAT2_HEADER
     address = (np.asarray(y_raw) << 8) | (np.asarray(x_raw) << 1) | np.asarray(p_raw)
     return header + np.stack([address, np.asarray(t)], axis=1).astype(">u4").tobytes()
 
 
 def write_cifar10dvs(root: Path, recordings=(0, 1, 5, 50, 91, 95, 99, 100, 101, 500, 908, 909, 950, 999),
-                     events_per_recording: int = 300, seed: int = 0) -> dict:
+                     events_per_recording: int = 300, seed: int = 0, edit=None) -> dict:
     """``root/download/<class>.zip`` as published, each holding ``<class>/cifar10_<class>_<k>.aedat``.
 
     Returns the raw events by (class, k) so tests can recompute frames independently.
+    ``edit(class, k, data) -> data`` damages recordings the way downloads break them.
     """
     import zipfile
     from engine.data.dvs import CIFAR10DVS_CLASSES
@@ -103,7 +109,8 @@ def write_cifar10dvs(root: Path, recordings=(0, 1, 5, 50, 91, 95, 99, 100, 101, 
                 t, x, y, p = random_events(rng, events_per_recording + 10 * c)
                 x = np.where(p == 1, np.minimum(x + 3 * c, 127), x)   # class-dependent, so it is learnable
                 raw[(name, k)] = (t, x, y, p)
-                z.writestr(f"{name}/cifar10_{name}_{k}.aedat", aedat2_bytes(x, y, p, t))
+                data = aedat2_bytes(x, y, p, t)
+                z.writestr(f"{name}/cifar10_{name}_{k}.aedat", edit(name, k, data) if edit else data)
     return raw
 
 
@@ -111,7 +118,7 @@ def aedat31_bytes(t, x, y, p, packet: int = 64) -> bytes:
     """DVS128 Gesture recordings: AEDAT 3.1, header ending in '#!END-HEADER\\r\\n', then packets of
     polarity events (28-byte little-endian header; 8 bytes per event: data word and timestamp)."""
     import struct
-    out = [b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n#!END-HEADER\r\n"]
+    out = [AEDAT31_HEADER]
     for s in range(0, len(t), packet):
         n = len(t[s:s + packet])
         out.append(struct.pack("<HHIIIIII", 1, 1, 8, 4, 0, n, n, n))
@@ -120,11 +127,11 @@ def aedat31_bytes(t, x, y, p, packet: int = 64) -> bytes:
     return b"".join(out)
 
 
-def write_dvs128gesture(root: Path, train_users=(1, 2), test_users=(24,), seed: int = 0) -> dict:
+def write_dvs128gesture(root: Path, train_users=(1, 2), test_users=(24,), seed: int = 0, edit=None) -> dict:
     """``root/download/DvsGesture.tar.gz`` (+ the three small files) as IBM publishes it: per
     recording ``userNN_<lighting>.aedat`` and ``..._labels.csv`` (class,startTime_usec,endTime_usec),
     and the ``trials_to_train.txt``/``trials_to_test.txt`` lists. Each recording shows all 11
-    gestures once. Returns the events per recording."""
+    gestures once. Returns the events per recording. ``edit(stem, data) -> data`` damages recordings."""
     import io as _io
     import tarfile
     rng = np.random.default_rng(seed)
@@ -143,7 +150,8 @@ def write_dvs128gesture(root: Path, train_users=(1, 2), test_users=(24,), seed: 
                 ts.append(t), xs.append(x), ys.append(y), ps.append(p)
             t, x, y, p = (np.concatenate(a) for a in (ts, xs, ys, ps))
             raw[stem] = (t, x, y, p, rows)
-            files[f"DvsGesture/{stem}.aedat"] = aedat31_bytes(t, x, y, p)
+            data = aedat31_bytes(t, x, y, p)
+            files[f"DvsGesture/{stem}.aedat"] = edit(stem, data) if edit else data
             files[f"DvsGesture/{stem}_labels.csv"] = ("class,startTime_usec,endTime_usec\n" + "\n".join(rows) + "\n").encode()
         files[f"DvsGesture/trials_to_{split}.txt"] = ("\n".join(names) + "\n").encode()
     download = Path(root) / "download"

@@ -153,13 +153,16 @@ def test_prepare_reports_missing_and_half_written_data(tmp_path, cifar10dvs):
     shutil.copytree(cifar10dvs[0], root)
     frames = root / f"frames_number_{T}_split_by_number"
     (frames / ".complete").unlink()                   # as a cache built by spikingjelly itself
-    assert prepare("cifar10dvs", root, T) == frames   # complete: accepted and marked
+    with pytest.raises(DataError, match=r"no valid .complete marker .*; it holds 140 of the 140 samples in \S+events_np"
+                                        r"\. Run again with --resume-prepare .* or delete"):
+        prepare("cifar10dvs", root, T)                # never trusted as it is
+    assert prepare("cifar10dvs", root, T, resume=True) == frames   # every file opened and checked, then marked
     (frames / ".complete").unlink()
     next(frames.rglob("*.npz")).unlink()              # an interrupted build
-    with pytest.raises(DataError, match=r"half-written frame cache \(139 of 140 samples\); delete it"):
+    with pytest.raises(DataError, match=r"half-written frame cache.*; it holds 139 of the 140 samples"):
         prepare("cifar10dvs", root, T)
     (root / "frames_number_8_split_by_number.partial").mkdir()
-    with pytest.raises(DataError, match="left over from an interrupted preparation"):
+    with pytest.raises(DataError, match=r"left over from an interrupted run .*; it holds 0 of the 140 samples"):
         prepare("cifar10dvs", root, 8)
 
 
@@ -221,7 +224,7 @@ def test_torchrun_prepares_raw_data_once(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "[rank 1/2] joined" in out.stdout + out.stderr
     assert sorted(p.name for p in root.iterdir()) == ["download", "events_np", "extract", "frames_number_2_split_by_number"]
-    assert json.loads((root / "frames_number_2_split_by_number" / ".complete").read_text()) == {"samples": 22}
+    assert json.loads((root / "frames_number_2_split_by_number" / ".complete").read_text())["samples"] == 22
 
 
 def test_prepare_dataset_runs_on_the_right_ranks(monkeypatch):

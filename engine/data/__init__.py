@@ -35,6 +35,15 @@ def _cifar_download(name: str):
     return download
 
 
+def _prepare_dvs(name: str, cfg, T: int):
+    return prepare(name, cfg.data_dir, T, allow_empty=cfg.allow_empty, resume=cfg.resume_prepare)
+
+
+def _dvs(name: str, cfg, train: bool, T: int):
+    # prepare_dataset has resumed whatever needed it; here the caches are only checked.
+    return build_dvs(name, cfg.data_dir, train, T, cfg.dvs_split, allow_empty=cfg.allow_empty)
+
+
 DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(10, lambda cfg, train, tf, size, T: build_cifar("cifar10", cfg.data_dir, train, tf,
                                                                           cfg.download),
@@ -46,12 +55,10 @@ DATASETS: dict[str, DatasetSpec] = {
                             lambda cfg, train, tf, size, T: build_imagenet(cfg.data_dir, train, tf)),
     # Event datasets: frames straight from the cache, no image transforms (augmentation runs on
     # whole batches on the device, see dvs_augment).
-    "cifar10dvs": DatasetSpec(10, lambda cfg, train, tf, size, T: build_dvs("cifar10dvs", cfg.data_dir, train, T,
-                                                                           cfg.dvs_split), events=True,
-                              prepare=lambda cfg, T: prepare("cifar10dvs", cfg.data_dir, T)),
-    "dvs128gesture": DatasetSpec(11, lambda cfg, train, tf, size, T: build_dvs("dvs128gesture", cfg.data_dir, train,
-                                                                              T), events=True,
-                                 prepare=lambda cfg, T: prepare("dvs128gesture", cfg.data_dir, T)),
+    "cifar10dvs": DatasetSpec(10, lambda cfg, train, tf, size, T: _dvs("cifar10dvs", cfg, train, T), events=True,
+                              prepare=lambda cfg, T: _prepare_dvs("cifar10dvs", cfg, T)),
+    "dvs128gesture": DatasetSpec(11, lambda cfg, train, tf, size, T: _dvs("dvs128gesture", cfg, train, T),
+                                 events=True, prepare=lambda cfg, T: _prepare_dvs("dvs128gesture", cfg, T)),
     "fake": DatasetSpec(10, lambda cfg, train, tf, size, T: FakeImages(train, cfg.num_classes or 10, size[-1], tf,
                                                                        cfg.seed)),
 }
