@@ -15,14 +15,16 @@ triton = pytest.importorskip("triton")
 import models  # noqa: E402
 from models import lif_triton, neuron  # noqa: E402
 from models.neuron import LIF  # noqa: E402
+from conftest import requires_cuda  # noqa: E402
 from reference import TINY, make_input, run_case  # noqa: E402
 
 ALPHA = 4.0
 
 
 @pytest.fixture(autouse=True)
-def interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+def interpreter(monkeypatch, request):
+    if request.node.get_closest_marker("gpu") is None:   # GPU tests run the compiled kernels
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
 def _inputs(shape, dtype, seed=0):
@@ -209,3 +211,57 @@ def test_triton_without_gpu_or_triton_is_a_one_line_error_naming_fused(monkeypat
     monkeypatch.setattr(lif_triton, "_IMPORT_ERROR", ImportError("No module named 'triton'"))
     with pytest.raises(RuntimeError, match="'triton' is not usable: Triton cannot be imported .*use backend 'fused'"):
         LIF(backend="triton")
+
+
+# --- on a GPU (tools/gpu_check.py runs these with `pytest -m gpu`) -----------------------------------
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gpu_kernels_are_bit_identical_to_spikingjelly(dtype, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    for spread in (1.5, 15.0):     # 15: far sigmoid tails (exp's last bits, denormal results)
+        x, g = (t.cuda() for t in _inputs((6, 64, 5000), dtype))
+        x = (x - 0.4) / 1.5 * spread + 0.4
+        for tau, v_th in ((2.0, 1.0), (2.0, 0.5), (1.5, 1.0), (1.5, 0.5)):
+            ref, tri = LIF(tau, v_th, "torch"), LIF(tau, v_th, "triton")
+            xr, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+            sr, st = ref(xr), tri(xt)
+            (sr * g).sum().backward()
+            (st * g).sum().backward()
+            assert tri.implementation == "triton"
+            assert torch.equal(sr, st) and torch.equal(ref.v, tri.v), (spread, tau, v_th)
+            assert torch.equal(xr.grad, xt.grad), (spread, tau, v_th, (xr.grad - xt.grad).abs().max().item())
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_low_precision_matches_fused(dtype, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, g = (t.cuda() for t in _inputs((4, 64, 5000), dtype))
+    fused, tri = LIF(backend="fused"), LIF(backend="triton")
+    xf, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+    sf, st = fused(xf), tri(xt)
+    (sf * g).sum().backward()
+    (st * g).sum().backward()
+    assert torch.equal(sf, st) and torch.equal(fused.v, tri.v) and torch.equal(xf.grad, xt.grad)
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["qkformer_cifar_4_384", "spikingformer_cifar_4_384", "sglformer_cifar_4_384"])
+def test_gpu_models_are_bit_identical_with_triton(name, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    torch.manual_seed(0)
+    model = models.build(name, T=2).cuda().train()
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    outs = {}
+    for backend in ("torch", "triton"):
+        models.set_backend(model, backend)
+        model.zero_grad(set_to_none=True)
+        y = model(x)
+        y.square().sum().backward()
+        outs[backend] = (y.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert torch.equal(outs["triton"][0], outs["torch"][0])
+    assert all(torch.equal(a, b) for a, b in zip(outs["triton"][1], outs["torch"][1]))
