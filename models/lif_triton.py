@@ -23,7 +23,8 @@ Three device details decide the last bit, and the kernels follow torch on each:
   libdevice does not exist and numpy's ``exp`` differs from torch's vectorised CPU sigmoid (which
   itself differs between SIMD lanes and loop tails), so there the sigmoid values are computed by
   torch, per time step exactly as the torch loop computes them, and the kernel reads them
-  (``HOST_SIGMOID``). Everything else runs in the kernels.
+  (``HOST_SIGMOID``). Everything else runs in the kernels, except the final float32 to bfloat16
+  rounding of input gradients, which the interpreter does by truncation and torch does here.
 
 Under float16/bfloat16 autocast the kernels read the low-precision input, integrate in float32
 and write spikes (exact) and input gradients (rounded to nearest) in the input's dtype: the same
@@ -62,7 +63,9 @@ def import_error() -> str | None:
 
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1), read per call."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+    # Triton's own parsing of the variable; os.environ rather than triton.knobs keeps this traceable
+    # by torch.compile.
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes", "y")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -174,8 +177,8 @@ def _scalars(device: torch.device, dtype: torch.dtype, tau: float, v_threshold: 
     key = (device, dtype, tau, v_threshold, alpha)
     if key not in _SCALARS:
         tau_t = torch.tensor(tau, dtype=dtype)
-        values = torch.stack([tau_t, 1.0 / tau_t, torch.tensor(v_threshold, dtype=dtype),
-                              torch.tensor(alpha, dtype=dtype)])
+        values = torch.stack([tau_t, torch.div(torch.ones((), dtype=dtype), tau_t),   # IEEE 1 / tau
+                              torch.tensor(v_threshold, dtype=dtype), torch.tensor(alpha, dtype=dtype)])
         _SCALARS[key] = values.to(device)
     return _SCALARS[key]
 

@@ -33,7 +33,7 @@ def test_dry_run_runs_every_part_and_writes_the_report(tmp_path, monkeypatch):
     run = parts["train_runs"]["result"]["spikingformer_8_384"]
     assert run["returncode"] == 0 and run["metrics"][-1]["val_samples"] == 128
     assert json.loads((tmp_path / "report.json").read_text())["parts"].keys() == parts.keys()
-    assert "| triton | 8 | 8 | 8 | 8 | 0.00e+00 |" in (tmp_path / "report.md").read_text()
+    assert "| triton (float32) | 8 | 8 | 8 | 8 | 0.00e+00  |" in (tmp_path / "report.md").read_text()
 
 
 def test_a_failing_part_is_recorded_and_the_next_part_runs(tmp_path, monkeypatch):
@@ -69,3 +69,11 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
         with pytest.raises(SystemExit):
             gpu_check.main(["--out", str(tmp_path)])
         assert "error: --device cuda but torch sees no GPU" in capsys.readouterr().err
+
+
+def test_benchmark_setups_name_the_triton_backend_and_gpu_options():
+    from tools.benchmark import parse_setup
+    setup = parse_setup("triton+fp16+cl+cudagraphs")
+    assert (setup["backend"], setup["precision"], setup["cl"], setup["cudagraphs"], setup["compile"]) == \
+        ("triton", "fp16", True, True, False)
+    assert all(parse_setup(s) for s in gpu_check.MAIN_SETUPS + gpu_check.CANDIDATES)
