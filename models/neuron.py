@@ -5,8 +5,9 @@ Every model in this package builds its neurons through :func:`lif`, which return
 (spikingjelly's default surrogate, ``Sigmoid(alpha=4)``; hard reset to 0).  The only
 difference is that the backend is chosen per call from the input tensor's device:
 
-* ``"auto"`` (default): spikingjelly's cupy kernel for CUDA tensors when cupy is installed (as
-  the originals run), otherwise ``"fused"`` (CPU, or CUDA without cupy, with a one-time warning).
+* ``"auto"`` (default): for CUDA tensors spikingjelly's cupy kernel when cupy works (as the
+  originals run), else ``"triton"``, else ``"fused"``, each step down warning once with the
+  reason; for CPU tensors ``"fused"``.
 * ``"torch"``: always spikingjelly's pure-torch loop (the reference).
 * ``"fused"``: :class:`MultiStepLIF`, one autograd node for all T steps with a hand-written
   backward, on any device. It performs the same floating-point operations as the reference, so
@@ -14,6 +15,9 @@ difference is that the backend is chosen per call from the input tensor's device
   autograd overhead. It does not keep ``v_seq`` (the per-step potentials). Under float16/bfloat16
   autocast it integrates the membrane potential in float32.
 * ``"cupy"``: always the cupy kernel; a CPU tensor or a missing cupy is an error.
+* ``"triton"``: :mod:`models.lif_triton`, one Triton kernel launch per direction for all T steps,
+  bit-identical to the torch loop like ``"fused"``; Triton comes with torch's CUDA wheels. CUDA tensors only, except under Triton's CPU interpreter
+  (``TRITON_INTERPRET=1``), which is how the tests run the kernels without a GPU.
 
 The default comes from the ``SNN_LIF_BACKEND`` environment variable when set. Models take a
 ``backend=`` argument and :func:`set_backend` changes an existing model.
@@ -24,6 +28,7 @@ engine also calls :func:`reset_net` after each step to free the last graph's mem
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -31,10 +36,22 @@ import torch
 from spikingjelly.clock_driven import functional as _sj_functional
 from spikingjelly.clock_driven import neuron as _sj_neuron
 
-BACKENDS = ("auto", "torch", "fused", "cupy")
+BACKENDS = ("auto", "torch", "fused", "cupy", "triton")
 BACKEND_ENV = "SNN_LIF_BACKEND"
 
-_warned_cuda_without_cupy = False
+_warned: set = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, stacklevel=4)
+
+
+def _lif_triton():
+    # Imported on first use: importing triton costs time that CPU-only runs need not pay.
+    from . import lif_triton
+    return lif_triton
 
 
 def cupy_unavailable_reason() -> str | None:
@@ -53,6 +70,32 @@ def cupy_unavailable_reason() -> str | None:
     except Exception as exc:
         return f"spikingjelly's cupy kernels failed to import ({exc.__class__.__name__}: {exc})"
     return "spikingjelly's cupy kernels were not loaded; restart Python after installing cupy"
+
+
+@functools.cache
+def triton_unavailable_reason(device: torch.device) -> str | None:
+    """None if the Triton kernels run on `device` and match spikingjelly's loop bit for bit, else why not.
+
+    Checked once per device by running both on a small input (spikes and input gradients).
+    """
+    lif_triton = _lif_triton()
+    reason = lif_triton.import_error()
+    if reason:
+        return reason
+    g = torch.Generator().manual_seed(0)
+    x, grad = (torch.randn(4, 3000, generator=g) * 1.5 + 0.4).to(device), torch.randn(4, 3000, generator=g)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():   # may be first called under no_grad
+            x_t, x_r = x.clone().requires_grad_(), x.clone().requires_grad_()
+            s_t, _ = lif_triton.TritonLIF.apply(x_t, None, 1.5, 0.5, 4.0)
+            s_r = _sj_neuron.MultiStepLIFNode(tau=1.5, v_threshold=0.5, detach_reset=True)(x_r)
+            torch.autograd.backward([s_t, s_r], [grad.to(device)] * 2)
+    except Exception as exc:
+        return f"the Triton kernels failed on {device} ({exc.__class__.__name__}: {exc})"
+    if not (torch.equal(s_t, s_r) and torch.equal(x_t.grad, x_r.grad)):
+        diff = (x_t.grad - x_r.grad).abs().max().item()
+        return f"the Triton kernels differ from spikingjelly's loop on {device} (input gradients by up to {diff:.2e})"
+    return None
 
 
 def default_backend() -> str:
@@ -76,12 +119,18 @@ def check_backend(backend: str) -> str:
         reason = cupy_unavailable_reason()
         if reason:
             raise RuntimeError(f"LIF backend 'cupy' is not usable: {reason}")
+    if backend == "triton":
+        reason = _lif_triton().import_error()
+        if reason:
+            raise RuntimeError(f"LIF backend 'triton' is not usable: {reason}; use backend 'fused'")
+        if not torch.cuda.is_available() and not _lif_triton().interpreting():
+            raise RuntimeError("LIF backend 'triton' needs a CUDA GPU, and torch sees none; use backend 'fused' "
+                               "on this machine (TRITON_INTERPRET=1 runs the kernels on the CPU, for tests)")
     return backend
 
 
 def resolve_backend(requested: str, device: torch.device) -> str:
-    """The implementation ('torch', 'fused' or 'cupy') to run for a tensor on `device`."""
-    global _warned_cuda_without_cupy
+    """The implementation ('torch', 'fused', 'cupy' or 'triton') to run for a tensor on `device`."""
     if requested in ("torch", "fused"):
         return requested
     on_cuda = device.type == "cuda"
@@ -90,15 +139,21 @@ def resolve_backend(requested: str, device: torch.device) -> str:
             raise RuntimeError(f"LIF backend 'cupy' got a tensor on {device}; move the model to "
                                "CUDA or use backend 'auto'/'torch'")
         return "cupy"
+    if requested == "triton":
+        if not on_cuda and not _lif_triton().interpreting():
+            raise RuntimeError(f"LIF backend 'triton' got a tensor on {device}; move the model to CUDA or use "
+                               "backend 'fused'")
+        return "triton"
     if not on_cuda:
         return "fused"
     reason = cupy_unavailable_reason()
     if reason is None:
         return "cupy"
-    if not _warned_cuda_without_cupy:
-        warnings.warn(f"LIF neurons run on CUDA without spikingjelly's cupy kernel (slower): {reason}",
-                      stacklevel=3)
-        _warned_cuda_without_cupy = True
+    _warn_once("cupy", f"LIF neurons on CUDA run without spikingjelly's cupy kernel: {reason}")
+    reason = triton_unavailable_reason(device)
+    if reason is None:
+        return "triton"    # as fast, and bit-identical to the torch loop
+    _warn_once("triton", f"LIF neurons on CUDA run without the Triton kernels either (slower fused backend): {reason}")
     return "fused"
 
 
@@ -116,10 +171,18 @@ class LIF(_sj_neuron.MultiStepLIFNode):
         # :func:`set_backend`, so an explicit argument always wins over $SNN_LIF_BACKEND.
         self.requested_backend = check_backend(backend) if backend else \
             _check_name(os.environ.get(BACKEND_ENV, "auto"))
-        self.implementation = None  # what the last call ran: torch, fused or cupy
+        self.implementation = None  # what the last call ran: torch, fused, cupy or triton
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         backend = self.implementation = resolve_backend(self.requested_backend, x_seq.device)
+        if backend == "triton":
+            self.backend = "torch"
+            v0 = self.v if isinstance(self.v, torch.Tensor) else None
+            # float16/bfloat16 input is integrated in float32 inside the kernels, as below
+            spikes, self.v = _lif_triton().TritonLIF.apply(x_seq, v0, float(self.tau), float(self.v_threshold),
+                                                           float(self.surrogate_function.alpha))
+            self.v_seq = None
+            return spikes
         if backend == "fused":
             self.backend = "torch"
             v0 = self.v if isinstance(self.v, torch.Tensor) else None

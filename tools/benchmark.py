@@ -4,8 +4,10 @@
     python -m tools.benchmark --model qkformer_10_384 --device cuda --setups reference cupy cupy+fp16+ckpt
 
 A setup is a '+'-joined list of: a neuron backend (``torch``: spikingjelly's loop, ``fused``,
-``cupy``), a precision (``fp32``, ``bf16``, ``fp16``: autocast), ``ckpt`` (gradient
-checkpointing of every block) and ``compile`` (torch.compile). ``reference`` is ``torch+fp32``:
+``cupy``, ``triton``, ``auto``), a precision (``fp32``, ``bf16``, ``fp16``: autocast), ``ckpt``
+(gradient checkpointing of every block), ``cl`` (channels_last weights and input), ``compile``
+(torch.compile) and ``cudagraphs`` (torch.compile with CUDA graphs, mode "reduce-overhead").
+``reference`` is ``torch+fp32``:
 our model with every optimisation off, i.e. the original implementation's forward/backward
 semantics. All setups start from the same weights; their timings are interleaved (reference, A,
 B, reference, A, B, ...) so that load on a shared machine affects them alike, and each setup's
@@ -35,17 +37,19 @@ from engine.config import ConfigError  # noqa: E402
 from engine.distributed import pick_device  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+BACKENDS = ("torch", "fused", "cupy", "triton", "auto")
 
 
 def parse_setup(spec: str) -> dict:
     parts = ["torch", "fp32"] if spec == "reference" else spec.split("+")
-    setup = {"name": spec, "backend": "torch", "precision": "fp32", "ckpt": False, "compile": False}
+    setup = {"name": spec, "backend": "torch", "precision": "fp32", "ckpt": False, "compile": False,
+             "cl": False, "cudagraphs": False}
     for part in parts:
-        if part in ("torch", "fused", "cupy", "auto"):
+        if part in BACKENDS:
             setup["backend"] = part
         elif part in PRECISIONS:
             setup["precision"] = part
-        elif part in ("ckpt", "compile"):
+        elif part in ("ckpt", "compile", "cl", "cudagraphs"):
             setup[part] = True
         else:
             raise ValueError(f"unknown setup part {part!r} in {spec!r}")
@@ -54,7 +58,7 @@ def parse_setup(spec: str) -> dict:
 
 def default_setups(device: torch.device) -> list[str]:
     if device.type == "cuda":
-        return ["reference", "cupy", "cupy+fp16", "cupy+fp16+ckpt"]
+        return ["reference", "cupy", "cupy+fp16", "cupy+fp16+ckpt", "triton+fp16"]
     return ["reference", "fused", "fused+bf16", "fused+bf16+ckpt"]
 
 
@@ -66,7 +70,13 @@ class Runner:
         self.model = build(backend=setup["backend"]).to(device)
         self.model.load_state_dict(state)
         self.model.set_grad_checkpointing(setup["ckpt"])
-        self.forward = torch.compile(self.model) if setup["compile"] else self.model
+        self.layout = torch.channels_last if setup.get("cl") else torch.contiguous_format
+        self.model.to(memory_format=self.layout)
+        self.cudagraphs = setup.get("cudagraphs", False)
+        if self.cudagraphs:
+            self.forward = torch.compile(self.model, mode="reduce-overhead")
+        else:
+            self.forward = torch.compile(self.model) if setup["compile"] else self.model
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.device = device
         dtype = PRECISIONS[setup["precision"]]
@@ -78,6 +88,10 @@ class Runner:
             torch.cuda.synchronize(self.device)
 
     def loss_and_backward(self, x, y):
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=self.layout)
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()   # the last step's outputs may be overwritten
         with self.autocast():
             out = self.forward(x)
             loss = torch.nn.functional.cross_entropy(out.float(), y)
@@ -101,6 +115,10 @@ class Runner:
         self.model.eval()
         self.sync()
         start = time.perf_counter()
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=self.layout)
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with self.autocast():
             self.forward(x)
         models.reset_net(self.model)
@@ -135,7 +153,7 @@ class Runner:
     def outputs_and_grads(self, x, y):
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.loss_and_backward(x, y).detach().float()
+        out = self.loss_and_backward(x, y).detach().float().clone()   # CUDA graphs reuse the output memory
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
         grads = [p.grad.detach().float() / scale for p in self.model.parameters() if p.grad is not None]
         models.reset_net(self.model)

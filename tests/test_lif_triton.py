@@ -1,0 +1,267 @@
+"""The Triton LIF backend: its kernels (run by Triton's CPU interpreter) against spikingjelly's loop.
+
+Every test here sets TRITON_INTERPRET=1 (read by models.lif_triton at each launch), except the
+ones that check what happens without it. The CUDA code path (reciprocal division, libdevice's
+exp) cannot run on a CPU; it is checked by compiling it for a GPU target and reading the PTX, and
+its reciprocal arithmetic by the interpreter against a CPU emulation of torch's CUDA kernels.
+"""
+import re
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+import models  # noqa: E402
+from models import lif_triton, neuron  # noqa: E402
+from models.neuron import LIF  # noqa: E402
+from conftest import requires_cuda  # noqa: E402
+from reference import TINY, make_input, run_case  # noqa: E402
+
+ALPHA = 4.0
+
+
+@pytest.fixture(autouse=True)
+def interpreter(monkeypatch, request):
+    if request.node.get_closest_marker("gpu") is None:   # GPU tests run the compiled kernels
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def _inputs(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g) * 1.5 + 0.4).to(dtype), torch.randn(shape, generator=g).to(dtype)
+
+
+# Neuron shapes (after the time dimension): one neuron, an odd 3-D layout, and several blocks of
+# 256 neurons (the test's block size), the last one partly masked.
+SHAPES = [(1,), (3, 5, 7), (2, 300)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tau,v_th", [(2.0, 1.0), (2.0, 0.5), (1.5, 1.0), (1.5, 0.5)])
+def test_kernels_are_bit_identical_to_spikingjelly(dtype, tau, v_th, monkeypatch):
+    monkeypatch.setattr(lif_triton, "BLOCK_INTERP", 256)
+    for T in (1, 4, 10, 16):
+        for shape in SHAPES:
+            x, g = _inputs((T, *shape), dtype, seed=T)
+            for v0 in (None, (torch.rand(shape, dtype=dtype) * v_th)):
+                ref, tri = LIF(tau, v_th, "torch"), LIF(tau, v_th, "triton")
+                if v0 is not None:
+                    ref.v, tri.v = v0.clone(), v0.clone()
+                xr, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+                sr, st = ref(xr), tri(xt)
+                (sr * g).sum().backward()
+                (st * g).sum().backward()
+                case = f"T={T} shape={shape} v0={v0 is not None}"
+                assert tri.implementation == "triton", case
+                assert st.dtype == dtype and torch.equal(sr, st), case
+                assert torch.equal(ref.v, tri.v), case
+                assert torch.equal(xr.grad, xt.grad), case
+                # the potentials of every step: spikingjelly's v_seq is h after the reset
+                _, _, h_seq = lif_triton.forward(x, v0, tau, v_th, ALPHA)
+                assert torch.equal(ref.v_seq, torch.where(h_seq >= v_th, 0.0, h_seq)), case
+            if T == 16 and len(shape) == 3:
+                assert 0.05 < sr.float().mean() < 0.6   # the input makes the neurons fire, but not always
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_input_is_integrated_in_float32_like_the_fused_backend(dtype):
+    x, g = _inputs((4, 3, 700), dtype)
+    fused, tri = LIF(backend="fused"), LIF(backend="triton")
+    xf, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+    sf, st = fused(xf), tri(xt)
+    (sf * g).sum().backward()
+    (st * g).sum().backward()
+    assert st.dtype == dtype and xt.grad.dtype == dtype and tri.v.dtype == torch.float32
+    assert torch.equal(sf, st) and torch.equal(fused.v, tri.v) and torch.equal(xf.grad, xt.grad)
+
+
+def test_cuda_arithmetic_path_matches_an_emulation_of_torch_cuda(monkeypatch):
+    """On CUDA, torch divides by a Python float as ``x * (1 / tau)``; the kernels' CUDA variant too."""
+    monkeypatch.setattr(lif_triton, "divides_by_reciprocal", lambda device: True)
+    tau, v_th = 1.5, 0.5
+    x, g = _inputs((6, 2, 999), torch.float32)
+    inv = torch.tensor(1.0) / torch.tensor(tau)   # rounded in float32, as torch's CUDA kernel does
+    v, hs = torch.zeros(x.shape[1:]), []
+    for t in range(x.shape[0]):                   # torch's CUDA ops, one by one, on the CPU
+        h = v + (x[t] - v) * inv
+        v = torch.where(h >= v_th, 0.0, h)
+        hs.append(h)
+    grad_x, grad_v = torch.empty_like(x), None
+    for t in reversed(range(x.shape[0])):
+        sg = ((hs[t] - v_th) * ALPHA).sigmoid()
+        grad_h = g[t] * (1.0 - sg) * sg * ALPHA
+        if grad_v is not None:
+            grad_h = grad_h + torch.where(hs[t] >= v_th, 0.0, grad_v)
+        grad_x[t] = grad_h * inv
+        grad_v = grad_h - grad_x[t]
+
+    spikes, v_last, h_seq = lif_triton.forward(x, None, tau, v_th, ALPHA)
+    assert torch.equal(h_seq, torch.stack(hs)) and torch.equal(v_last, v)
+    assert torch.equal(spikes, (h_seq >= v_th).float())
+    assert torch.equal(lif_triton.backward(g, h_seq, tau, v_th, ALPHA, torch.float32), grad_x)
+    # ... and the emulation differs from a true division, so this checks the CUDA variant
+    monkeypatch.setattr(lif_triton, "divides_by_reciprocal", lambda device: False)
+    _, _, h_div = lif_triton.forward(x, None, tau, v_th, ALPHA)
+    assert not torch.equal(h_div, h_seq)
+
+
+def _ptx(kernel, signature: dict, constants: dict, options: dict) -> str:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constants)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+
+
+def test_cuda_kernels_compile_to_ieee_arithmetic_without_contraction():
+    """The GPU variant, compiled for sm_90 here (no GPU needed): the instructions that decide the last bit."""
+    forward, backward = lif_triton._kernels(interpret=False)
+    fwd_sig = {"x_ptr": "*fp16", "v0_ptr": "*fp32", "spike_ptr": "*fp16", "h_ptr": "*fp32", "v_ptr": "*fp32",
+               "scalars_ptr": "*fp32", "T": "i32", "N": "i32",
+               "HAS_V0": "constexpr", "RECIPROCAL": "constexpr", "BLOCK": "constexpr"}
+    fwd_const = {"HAS_V0": True, "RECIPROCAL": True, "BLOCK": lif_triton.BLOCK_GPU}
+    options = dict(lif_triton.compile_options())
+    # v + (x - v) * inv_tau is a multiply and an add; Triton's default would fuse them into an fma
+    assert re.search(r"\bfma\.", _ptx(forward, fwd_sig, fwd_const, {}))
+    assert not re.search(r"\bfma\.", _ptx(forward, fwd_sig, fwd_const, options))
+    bwd_sig = {"grad_spike_ptr": "*fp16", "h_ptr": "*fp32", "sg_ptr": "*fp32", "grad_x_ptr": "*fp16",
+               "scalars_ptr": "*fp32", "T": "i32", "N": "i32", "RECIPROCAL": "constexpr",
+               "HOST_SIGMOID": "constexpr", "IS_FP64": "constexpr", "BLOCK": "constexpr"}
+    ptx = _ptx(backward, bwd_sig, {"RECIPROCAL": True, "HOST_SIGMOID": False, "IS_FP64": False,
+                                   "BLOCK": lif_triton.BLOCK_GPU}, options)
+    assert "div.rn.f32" in ptx and not re.search(r"div\.(full|approx)", ptx)   # IEEE 1 / (1 + e)
+    assert "fma.rm.f32" in ptx    # libdevice's expf (its range reduction), not tl.exp's bare ex2.approx
+    assert "ex2.approx.ftz.f32" in ptx and not re.search(r"\b(add|sub|mul|div)\.[a-z.]*ftz", ptx)
+
+
+@pytest.mark.parametrize("config", ["qkformer_cifar", "spikingformer_cifar", "sglformer_cifar"])
+def test_every_family_is_bit_identical_end_to_end(config):
+    cls, kwargs, shape, kind = TINY[config]
+    # one sample (the interpreter is slow); SGLFormer's batch norm of pooled features needs two
+    x = make_input((2 if config.startswith("sgl") else 1, *shape[1:]), kind)
+    outs = {b: run_case(getattr(models, cls)(**kwargs, backend=b), x, "train", torch.float32, models.reset_net)
+            for b in ("torch", "triton")}
+    ref, tri = outs["torch"], outs["triton"]
+    assert torch.equal(ref["logits"], tri["logits"])
+    assert ref["grads"].keys() == tri["grads"].keys() and len(ref["grads"]) > 30
+    assert all(torch.equal(ref["grads"][k], tri["grads"][k]) for k in ref["grads"])
+
+
+def test_timm_create_model_and_compile_take_the_triton_backend():
+    import timm
+    model = timm.create_model("spikingformer_cifar_2_384", embed_dim=32, num_heads=2, num_classes=3, T=2,
+                              backend="triton")
+    lifs = [m for m in model.modules() if isinstance(m, LIF)]
+    assert {m.requested_backend for m in lifs} == {"triton"}
+    model.eval()(torch.randn(1, 3, 16, 16))
+    assert {m.implementation for m in lifs} == {"triton"}
+    # torch.compile sees the kernels as two opaque operators: one graph, no break at each neuron
+    node, ref = LIF(1.5, 0.5, "triton"), LIF(1.5, 0.5, "torch")
+    x, g = _inputs((4, 2, 300), torch.float32)
+    xc, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    sc = torch.compile(node, backend="aot_eager", fullgraph=True)(xc)
+    sr = ref(xr)
+    (sc * g).sum().backward()
+    (sr * g).sum().backward()
+    assert torch.equal(sc, sr) and torch.equal(xc.grad, xr.grad)
+
+
+def test_saves_only_the_potentials_for_backward():
+    x = _inputs((3, 50), torch.float16)[0].requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((t.shape, t.dtype)) or t, lambda t: t):
+        LIF(backend="triton")(x)
+    assert saved == [(torch.Size([3, 50]), torch.float32)]
+
+
+def test_probe_accepts_the_kernels_here():
+    assert neuron.triton_unavailable_reason(torch.device("cpu")) is None
+
+
+def test_auto_on_cuda_steps_down_cupy_triton_fused_warning_once_each(monkeypatch):
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(neuron, "_warned", set())
+    monkeypatch.setattr(neuron, "cupy_unavailable_reason", lambda: "no cupy here")
+    monkeypatch.setattr(neuron, "triton_unavailable_reason", lambda device: None)
+    with pytest.warns(UserWarning, match="without spikingjelly's cupy kernel: no cupy here"):
+        assert neuron.resolve_backend("auto", cuda) == "triton"
+    monkeypatch.setattr(neuron, "triton_unavailable_reason", lambda device: "no triton here")
+    with pytest.warns(UserWarning, match="without the Triton kernels either .*: no triton here") as caught:
+        assert neuron.resolve_backend("auto", cuda) == "fused"
+    assert len(caught) == 1                  # the cupy warning was already given
+    monkeypatch.setattr(neuron, "cupy_unavailable_reason", lambda: None)
+    assert neuron.resolve_backend("auto", cuda) == "cupy"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the errors raised without a GPU")
+def test_triton_without_gpu_or_triton_is_a_one_line_error_naming_fused(monkeypatch):
+    from engine.config import make_config
+    from engine.errors import ConfigError
+    from engine.trainer import build_model
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(RuntimeError, match="'triton' needs a CUDA GPU.*use backend 'fused'"):
+        models.build("qkformer_cifar10dvs_2_256", backend="triton")
+    with pytest.raises(ConfigError, match="'triton' needs a CUDA GPU.*use backend 'fused'") as info:
+        build_model(make_config({}, {"lif_backend": "triton"}), 10)
+    assert "\n" not in str(info.value)
+    node = neuron.lif()
+    node.requested_backend = "triton"      # e.g. set under the interpreter, then run without it
+    with pytest.raises(RuntimeError, match="got a tensor on cpu; .*use backend 'fused'"):
+        node(torch.rand(2, 3))
+    monkeypatch.setattr(lif_triton, "_IMPORT_ERROR", ImportError("No module named 'triton'"))
+    with pytest.raises(RuntimeError, match="'triton' is not usable: Triton cannot be imported .*use backend 'fused'"):
+        LIF(backend="triton")
+
+
+# --- on a GPU (tools/gpu_check.py runs these with `pytest -m gpu`) -----------------------------------
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gpu_kernels_are_bit_identical_to_spikingjelly(dtype, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    for spread in (1.5, 15.0):     # 15: far sigmoid tails (exp's last bits, denormal results)
+        x, g = (t.cuda() for t in _inputs((6, 64, 5000), dtype))
+        x = (x - 0.4) / 1.5 * spread + 0.4
+        for tau, v_th in ((2.0, 1.0), (2.0, 0.5), (1.5, 1.0), (1.5, 0.5)):
+            ref, tri = LIF(tau, v_th, "torch"), LIF(tau, v_th, "triton")
+            xr, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+            sr, st = ref(xr), tri(xt)
+            (sr * g).sum().backward()
+            (st * g).sum().backward()
+            assert tri.implementation == "triton"
+            assert torch.equal(sr, st) and torch.equal(ref.v, tri.v), (spread, tau, v_th)
+            assert torch.equal(xr.grad, xt.grad), (spread, tau, v_th, (xr.grad - xt.grad).abs().max().item())
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_low_precision_matches_fused(dtype, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, g = (t.cuda() for t in _inputs((4, 64, 5000), dtype))
+    fused, tri = LIF(backend="fused"), LIF(backend="triton")
+    xf, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+    sf, st = fused(xf), tri(xt)
+    (sf * g).sum().backward()
+    (st * g).sum().backward()
+    assert torch.equal(sf, st) and torch.equal(fused.v, tri.v) and torch.equal(xf.grad, xt.grad)
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["qkformer_cifar_4_384", "spikingformer_cifar_4_384", "sglformer_cifar_4_384"])
+def test_gpu_models_are_bit_identical_with_triton(name, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    torch.manual_seed(0)
+    model = models.build(name, T=2).cuda().train()
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    outs = {}
+    for backend in ("torch", "triton"):
+        models.set_backend(model, backend)
+        model.zero_grad(set_to_none=True)
+        y = model(x)
+        y.square().sum().backward()
+        outs[backend] = (y.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert torch.equal(outs["triton"][0], outs["torch"][0])
+    assert all(torch.equal(a, b) for a, b in zip(outs["triton"][1], outs["torch"][1]))
