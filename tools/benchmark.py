@@ -31,8 +31,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
-from engine.config import ConfigError  # noqa: E402
+from engine.config import Config  # noqa: E402
 from engine.distributed import pick_device  # noqa: E402
+from engine.errors import ConfigError  # noqa: E402
+from engine.factories import build_model  # noqa: E402
+from models.neuron import BACKENDS  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,7 +44,7 @@ def parse_setup(spec: str) -> dict:
     parts = ["torch", "fp32"] if spec == "reference" else spec.split("+")
     setup = {"name": spec, "backend": "torch", "precision": "fp32", "ckpt": False, "compile": False}
     for part in parts:
-        if part in ("torch", "fused", "cupy", "auto"):
+        if part in BACKENDS:
             setup["backend"] = part
         elif part in PRECISIONS:
             setup["precision"] = part
@@ -159,7 +162,7 @@ def run(args) -> dict:
                                         depth=args.depth, num_heads=args.num_heads).items() if v is not None}
 
     def build(backend):
-        return models.build(args.model, backend=backend, **overrides)
+        return build_model(Config(model=args.model, backend=backend, **overrides), None)
 
     template = build("torch")
     state = template.state_dict()
