@@ -50,7 +50,7 @@ def resolve(cfg: Config, sources: dict[str, str] | None = None) -> tuple[Config,
     """``cfg`` with every key it leaves open (None) that the variant, the dataset or the environment
     decides filled in, and where each value came from (``sources``: key -> origin, from
     :func:`engine.config.sources_of`; keys it lacks count as built-in defaults)."""
-    sources = dict(sources or {name: "default" for name in FIELDS})
+    sources = dict(sources) if sources is not None else {name: "default" for name in FIELDS}
     values = {}
     variant = variant_values(cfg.model)
     for key in (*ARCH_KEYS, *NORM_KEYS):

@@ -55,10 +55,11 @@ def describe_eval_settings(cfg: Config, checkpoint: dict, explicit: set[str] = f
     """One line naming the evaluation settings used and where each came from (``sources``: what
     :func:`engine.recipe.resolve` filled in, e.g. the variant's normalisation)."""
     stored = saved_config(checkpoint) or {}
+    filled = {k: v for k, v in (sources or {}).items() if v.startswith("variant table")}
     parts = []
     for key in EVAL_KEYS:
         origin = ("command line" if key in explicit else "-c file" if key in (from_file or set())
-                  else "checkpoint" if stored.get(key) is not None else (sources or {}).get(key, "default config"))
+                  else filled[key] if key in filled else "checkpoint" if key in stored else "default config")
         parts.append(f"{key}={getattr(cfg, key)!r} ({origin})")
     return "evaluation settings: " + ", ".join(parts)
 
