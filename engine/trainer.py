@@ -1,6 +1,8 @@
 """The training run: build everything from a :class:`Config`, loop over epochs, checkpoint.
 
-Used by every dataset's ``train.py``. The run directory (``<output>/<experiment>``) receives
+:class:`Training` holds the four steps (build, resume, epoch, report); the factories it builds
+with are shared with evaluation and the tools (engine/factories.py). Used by every dataset's
+``train.py``. The run directory (``<output>/<experiment>``) receives
 ``config.yaml``, ``log.txt``, ``metrics.jsonl``, ``tensorboard/``, ``last.pth`` and ``best.pth``.
 """
 from __future__ import annotations
@@ -18,9 +20,8 @@ from .checkpoint import find_resume, load_training_state, save_atomic, set_rng_s
 from .config import Config, ConfigError, dump
 from .data import prepare_dataset
 from .data.dvs_augment import augment_batch
-from .factories import (build_criterion, build_datasets, build_ema, build_loaders, build_mixup,  # noqa: F401
-                        build_model, build_optimizer, build_scheduler, data_settings, mixup_active, num_classes,
-                        wrap_model)
+from .factories import (build_criterion, build_datasets, build_ema, build_loaders, build_mixup, build_model,
+                        build_optimizer, build_scheduler, data_settings, num_classes, wrap_model)
 from .loader import epoch_seed, seed_everything
 from .logger import RunLogger
 from .recipe import resolve, resolve_values
