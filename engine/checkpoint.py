@@ -96,12 +96,16 @@ def find_resume(cfg) -> Path | None:
     return path
 
 
-def load_training_state(path: Path, cfg) -> dict:
+def load_training_state(path: Path, cfg, normalise=None) -> dict:
+    """The checkpoint's state, if ``cfg`` can continue it. ``normalise`` maps the stored config
+    dict to the form ``cfg`` has (e.g. keys left to the variant table filled in) before comparing."""
     state = safe_load(path)
     if not isinstance(state, dict) or "optimizer" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a training checkpoint of this engine (no optimizer/config); "
                          f"to start from its weights use --initial-checkpoint instead of --resume")
     saved, now = state["config"], cfg.to_dict()
+    if normalise is not None:
+        saved = normalise(saved)
     diff = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in MODEL_KEYS if saved.get(k) != now.get(k)]
     if diff:
         raise CheckpointError(f"cannot resume {path}: it was trained with a different model or dataset "

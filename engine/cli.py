@@ -12,15 +12,10 @@ from pathlib import Path
 
 from .config import (FIELDS, build_parser, format_config, load_yaml, load_yaml_with_sources, make_config,
                      resolve_config_path, sources_of)
-from .errors import ConfigError, DataError, NonFiniteLoss
+from .errors import user_errors
 
 # torch, timm and spikingjelly are imported only after the command line is parsed, so that
 # `--help` and argument errors answer at once.
-
-
-def _user_errors() -> tuple:
-    from models import CheckpointError
-    return (ConfigError, DataError, CheckpointError, NonFiniteLoss)
 
 
 def _parser(description: str) -> argparse.ArgumentParser:
@@ -30,22 +25,28 @@ def _parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args, script: str, default_config: str):
+def _config(args, script: str, default_config: str, resolved: bool = True):
+    """The recipe (``-c``, else the script's default) with the command line on top; ``resolved``:
+    with the keys it leaves open filled from the variant table, the dataset and the environment
+    (engine/recipe.py). ``--print-config`` prints the resolved config with each value's origin."""
     script_dir = Path(script).resolve().parent
     values, sources = load_yaml_with_sources(resolve_config_path(args.config, script_dir, default_config))
     cfg = make_config(values, vars(args))
-    if args.print_config:
-        print(format_config(cfg, sources_of(sources, vars(args))), end="")
-        sys.exit(0)
+    if args.print_config or resolved:
+        from .recipe import resolve
+        full, origins = resolve(cfg, sources_of(sources, vars(args)))
+        if args.print_config:
+            print(format_config(full, origins), end="")
+            sys.exit(0)
+        return full
     return cfg
 
 
 def _run(fn):
     warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
-    user_errors = _user_errors()
     try:
         return fn()
-    except user_errors as exc:
+    except user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 
@@ -80,7 +81,8 @@ def test_main(script: str, default_config: str, description: str) -> None:
         # default YAML; with -c, the keys that file sets are the user's choice.
         from_file = None if args.config is None else \
             set(load_yaml(resolve_config_path(args.config, script_dir, default_config)))
-        return test(_config(args, script, default_config), args.checkpoint, args.use_ema, args.save_json,
+        # Unresolved: what the checkpoint stores decides first, the variant table the rest.
+        return test(_config(args, script, default_config, resolved=False), args.checkpoint, args.use_ema, args.save_json,
                     local_rank=args.local_rank, explicit=explicit, resolutions=args.resolutions,
                     energy_dir=args.energy, from_file=from_file)
     _run(run)

@@ -10,6 +10,7 @@ back to a default. A YAML may extend another with ``base: <path relative to it>`
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import difflib
 import os
@@ -27,8 +28,24 @@ GROUPS = {"model": "model", "data": "data", "augmentation": "augmentation (timm)
           "optimisation": "optimisation and precision", "run": "run: outputs, logging, resume"}
 
 
-def key(default, help: str, *, group: str, choices: tuple | None = None):
-    """A config key: its default, help text, argument group and allowed values (if enumerated)."""
+def neuron_backends() -> tuple[str, ...]:
+    """``models.neuron.BACKENDS``, read from that file's source so that ``--help`` need not import
+    torch; imported the ordinary way if it is ever not a literal tuple."""
+    path = Path(__file__).resolve().parent.parent / "models" / "neuron.py"
+    try:
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if any(getattr(t, "id", None) == "BACKENDS" for t in targets) and node.value is not None:
+                return tuple(ast.literal_eval(node.value))
+    except (OSError, SyntaxError, ValueError):
+        pass
+    from models.neuron import BACKENDS
+    return tuple(BACKENDS)
+
+
+def key(default, help: str, *, group: str, choices=None):
+    """A config key: its default, help text, argument group and allowed values (if enumerated:
+    a tuple, or a function returning one)."""
     metadata = {"help": help, "group": group, "choices": choices}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -47,8 +64,8 @@ class Config:
     img_size: Optional[int] = key(None, 'input resolution', group='model')
     num_classes: Optional[int] = key(None, 'None: from the dataset', group='model')
     fix_tb_merge: bool = key(False, 'fix the upstream LIF-over-T*B bug (README)', group='model')
-    lif_backend: Optional[str] = key(None, 'LIF neuron backend (None: $SNN_LIF_BACKEND, else auto)',
-        group='model', choices=('auto', 'torch', 'fused', 'cupy', 'triton'))
+    backend: Optional[str] = key(None, 'LIF neuron backend, the models\' backend= (None: $SNN_LIF_BACKEND, else auto)',
+        group='model', choices=neuron_backends)
     initial_checkpoint: Optional[str] = key(None, 'start from these weights (fine-tuning)', group='model')
     start_epoch: Optional[int] = key(None, 'begin the schedule at this epoch (continued training)', group='model')
 
@@ -183,7 +200,7 @@ class Config:
         keys = ("T", "embed_dim", "depth", "num_heads", "mlp_ratio", "img_size", "num_classes")
         out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
         out["fix_tb_merge"] = self.fix_tb_merge
-        out["backend"] = self.lif_backend
+        out["backend"] = self.backend
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,7 +208,15 @@ class Config:
 
 
 FIELDS = {f.name: f for f in fields(Config)}
-BASE_KEY = "base"  # a YAML names the recipe it extends: ``base: _qkformer.yml`` (relative to itself)
+BASE_KEY = "base"  # a YAML names the recipe it extends: ``base: ../recipes/cifar/qkformer.yml`` (relative to itself)
+# Keys that were renamed: a YAML written with the old name (a run's config.yaml) still loads.
+RENAMED = {"lif_backend": "backend"}
+
+
+def choices_of(name: str) -> tuple | None:
+    """The allowed values of an enumerated key, None for the others."""
+    choices = FIELDS[name].metadata.get("choices")
+    return tuple(choices()) if callable(choices) else choices
 
 
 def _field_type(hint) -> tuple[type, type | None, bool]:
@@ -270,7 +295,7 @@ def _coerce(name: str, value: Any) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"config key '{name}' expects {'true/false' if kind is bool else kind.__name__}, "
                           f"got {value!r}") from None
-    choices = FIELDS[name].metadata.get("choices")
+    choices = choices_of(name)
     if choices and value not in choices:
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -280,13 +305,16 @@ def _coerce(name: str, value: Any) -> Any:
 
 # List keys whose length is fixed: a scalar (``scale: 1.0``) or a wrong count would otherwise
 # fail deep inside timm.
-LIST_LENGTHS = {"scale": 2, "ratio": 2, "opt_betas": 2, "cutmix_minmax": 2, "mean": 3, "std": 3}
+# ``mean``/``std`` hold one number per input channel (3 for images, 2 for event frames): their
+# length is checked against the variant when the recipe is resolved (engine/recipe.py).
+LIST_LENGTHS = {"scale": 2, "ratio": 2, "opt_betas": 2, "cutmix_minmax": 2}
+PER_CHANNEL = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
 def _list_message(name: str, value: Any) -> str:
     length = LIST_LENGTHS.get(name)
-    example = _default(name) or [0.0] * (length or 2)
-    count = f"{length} numbers" if length else "numbers"
+    example = _default(name) or PER_CHANNEL.get(name) or [0.0] * (length or 2)
+    count = f"{length} numbers" if length else "numbers, one per input channel" if name in PER_CHANNEL else "numbers"
     return f"config key '{name}' expects a list of {count}, e.g. {name}: {example}, got {value!r}"
 
 
@@ -316,12 +344,15 @@ def load_yaml_with_sources(path: str | os.PathLike, _chain: tuple = ()) -> tuple
         raise ConfigError(f"{path}: recipe bases form a cycle ({cycle}); remove one 'base:' line")
     values = _read_yaml(path)
     base = values.pop(BASE_KEY, None)
+    for old, new in RENAMED.items():
+        if old in values and new not in values:
+            values[new] = values.pop(old)
     _check_keys(values, str(path))
     merged, sources = {}, {}
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(f"{path}: 'base' names one YAML file, e.g. base: _qkformer.yml; got {base!r}")
-        merged, sources = load_yaml_with_sources(path.parent / base, (*_chain, path.resolve()))
+        merged, sources = load_yaml_with_sources(os.path.normpath(path.parent / base), (*_chain, path.resolve()))
     for k, v in values.items():
         merged[k] = _coerce(k, v)
         sources[k] = str(path)
@@ -354,7 +385,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         group = groups[f.metadata["group"]]
         flag = f"--{f.name.replace('_', '-')}"
         text = helps[f.name].replace("%", "%%")
-        choices = f.metadata.get("choices")
+        choices = choices_of(f.name)
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif kind is list:
@@ -364,6 +395,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
             group.add_argument(flag, dest=f.name, default=None, choices=choices, help=text)
         else:
             group.add_argument(flag, dest=f.name, default=None, metavar=kind.__name__.upper(), help=text)
+    for old, new in RENAMED.items():   # earlier spellings keep working, unlisted
+        parser.add_argument(f"--{old.replace('_', '-')}", dest=new, default=None, choices=choices_of(new),
+                            help=argparse.SUPPRESS)
     return parser
 
 
@@ -381,7 +415,10 @@ def format_config(cfg: Config, sources: dict[str, str]) -> str:
     for name, value in cfg.to_dict().items():
         text = yaml.safe_dump({name: value}, default_flow_style=True, width=1000).strip()
         text = text[1:-1] if text.startswith("{") else text  # {key: value} -> key: value
-        lines.append(f"{text:<48} # {sources.get(name, 'default')}")
+        origin = sources.get(name, "default")
+        if os.path.isabs(origin):  # a recipe file: shown relative to the working directory
+            origin = os.path.relpath(origin)
+        lines.append(f"{text:<48} # {origin}")
     return "\n".join(lines) + "\n"
 
 

@@ -19,6 +19,8 @@ released tool (``energy_consumption_calculation/``) implements:
   binary K and V, then Q times that (N tokens, d channels per head, fr the LIF rates of Q, K, V).
   QKFormer's token Q-K attention sums binary Q over each head's channels: ``T x C x N x fr_Q`` ACs
   (the mask-times-K is a binary gate and, like other element-wise ops, is not counted).
+  Each attention module declares these counts and the neurons that feed them (``op_counts``,
+  ``spike_ops``, ``spike_sources``: models/op_counts.py), so this file knows no model class.
 * Batch norm, LIF updates, pooling and residual additions are not counted (as in the papers).
 * Energy = 4.6 pJ x MACs + 0.9 pJ x SOPs (45 nm; Horowitz, ISSCC 2014).
 """
@@ -33,10 +35,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
-
-from models.layers import SpikingSelfAttention
-from models.qkformer import TokenQKAttention
-from models.sglformer import GlobalSSA
 
 from .distributed import all_reduce_sum
 from .firing import FiringRates
@@ -58,6 +56,11 @@ class LayerOps:
         return (E_MAC_PJ * self.macs + E_AC_PJ * self.sops) * 1e-9
 
 
+def is_attention(module: nn.Module) -> bool:
+    """An attention module that declares its spike products' operation counts (models/op_counts.py)."""
+    return all(hasattr(module, a) for a in ("op_counts", "spike_ops", "spike_sources", "energy_kind"))
+
+
 def _input_kind(x: torch.Tensor) -> str:
     """binary (spikes), integer (non-negative spike counts) or analog (anything else)."""
     if bool(((x == 0) | (x == 1)).all()):
@@ -77,15 +80,14 @@ class EnergyMeter:
         self.integer_inputs = integer_inputs
         self.synapses = OrderedDict((n, m) for n, m in model.named_modules()
                                     if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)))
-        self.attention = OrderedDict((n, m) for n, m in model.named_modules()
-                                     if isinstance(m, (SpikingSelfAttention, GlobalSSA, TokenQKAttention)))
+        self.attention = OrderedDict((n, m) for n, m in model.named_modules() if is_attention(m))
         self.firing = FiringRates(model)
         self.samples = 0
         self._bias = {n: 0.0 for n in self.synapses}          # bias additions (FlopCounterMode omits them)
         self._inputs = {n: [0.0, 0.0] for n in self.synapses}  # spikes, elements seen in spike inputs
         self._analog_calls = {n: 0 for n in self.synapses}    # calls whose input was real-valued
         self._integer_calls = {n: 0 for n in self.synapses}   # calls whose input held spike counts > 1
-        self._attn = {n: 0.0 for n in self.attention}                   # T*B*(heads*N*d^2) or T*B*C*N
+        self._attn = {n: 0.0 for n in self.attention}        # product sizes, from each module's op_counts
         self._handles = []
         self._flops = None
 
@@ -106,14 +108,7 @@ class EnergyMeter:
 
     def _attention_hook(self, name):
         def hook(module, inputs, output):
-            x = inputs[0]
-            T, B, C = x.shape[:3]
-            N = x[0, 0, 0].numel()
-            if isinstance(module, TokenQKAttention):
-                self._attn[name] += T * B * C * N
-            else:
-                d = C // module.num_heads
-                self._attn[name] += T * B * module.num_heads * N * d * d
+            self._attn[name] += module.op_counts(inputs[0].shape)
         return hook
 
     def _count_samples(self, module, inputs):
@@ -169,14 +164,9 @@ class EnergyMeter:
                                 macs=0.0 if spiking else dense, sops=dense * rate if spiking else 0.0,
                                 input_rate=rate))
         for name, module in self.attention.items():
-            base = attention[name] / samples
-            if isinstance(module, TokenQKAttention):
-                fq = rates[f"{name}.q_lif"]
-                out.append(LayerOps(name, "qk-attention", base, sops=base * fq, input_rate=fq))
-                continue
-            lif = "{}.{}_lif" if isinstance(module, SpikingSelfAttention) else "{}.{}_conv.lif"
-            fq, fk, fv = (rates[lif.format(name, x)] for x in "qkv")
-            out.append(LayerOps(name, "attention", 2 * base, sops=base * (min(fk, fv) + fq), input_rate=fq))
+            sources = {key: rates[f"{name}.{neuron}"] for key, neuron in module.spike_sources.items()}
+            dense, sops, rate = module.spike_ops(attention[name] / samples, sources)
+            out.append(LayerOps(name, module.energy_kind, dense, sops=sops, input_rate=rate))
         return out
 
     def summary(self, device=None) -> dict:

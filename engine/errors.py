@@ -16,3 +16,10 @@ class DataError(RuntimeError):
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+def user_errors() -> tuple:
+    """Every exception type the command lines print as one line (checkpoint problems included);
+    models is imported only when asked, so that this module stays free of torch."""
+    from models import CheckpointError
+    return (ConfigError, DataError, CheckpointError, NonFiniteLoss)

@@ -5,20 +5,20 @@ import dataclasses
 import json
 from pathlib import Path
 
-import models
 from models.checkpoint import check_compatible, extract_state_dict
 from models.pretrained import read_checkpoint
 
 from . import distributed
 from .checkpoint import MODEL_KEYS
 from .config import Config, ConfigError
-from .data import build_dataset, dataset_spec, prepare_dataset
+from .data import prepare_dataset
 from .energy import EnergyMeter, format_report, write_report
+from .factories import build_model, data_settings, num_classes, validation_loader
 from .firing import FiringRates
-from .loader import eval_loader, seed_everything
+from .loader import seed_everything
 from .logger import RunLogger
+from .recipe import resolve
 from .train_loop import Precision, evaluate
-from .trainer import build_model, data_settings
 
 
 def saved_config(checkpoint) -> dict | None:
@@ -51,13 +51,15 @@ def config_for_checkpoint(cfg: Config, checkpoint: dict, explicit: set[str] = fr
 
 
 def describe_eval_settings(cfg: Config, checkpoint: dict, explicit: set[str] = frozenset(),
-                           from_file: set[str] | None = None) -> str:
-    """One line naming the evaluation settings used and where each came from."""
+                           from_file: set[str] | None = None, sources: dict[str, str] | None = None) -> str:
+    """One line naming the evaluation settings used and where each came from (``sources``: what
+    :func:`engine.recipe.resolve` filled in, e.g. the variant's normalisation)."""
     stored = saved_config(checkpoint) or {}
+    filled = {k: v for k, v in (sources or {}).items() if v.startswith("variant table")}
     parts = []
     for key in EVAL_KEYS:
         origin = ("command line" if key in explicit else "-c file" if key in (from_file or set())
-                  else "checkpoint" if key in stored else "default config")
+                  else filled[key] if key in filled else "checkpoint" if key in stored else "default config")
         parts.append(f"{key}={getattr(cfg, key)!r} ({origin})")
     return "evaluation settings: " + ", ".join(parts)
 
@@ -88,10 +90,11 @@ def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: st
         checkpoint = read_checkpoint(checkpoint_path)  # a file, a converted folder or an hf_hub: id
         check_dataset(cfg, checkpoint, explicit)
         cfg = config_for_checkpoint(cfg, checkpoint, explicit, from_file)
-        log.info(describe_eval_settings(cfg, checkpoint, explicit, from_file))
+        # What neither the checkpoint nor the user set comes from the (checkpoint's) variant.
+        cfg, sources = resolve(cfg, {})
+        log.info(describe_eval_settings(cfg, checkpoint, explicit, from_file, sources))
         seed_everything(cfg.seed)
-        num_classes = cfg.num_classes or dataset_spec(cfg.dataset).num_classes(cfg)
-        model = build_model(cfg, num_classes)
+        model = build_model(cfg, num_classes(cfg))
         state_dict = extract_state_dict(checkpoint, use_ema=use_ema)
         check_compatible(model, state_dict)
         model.load_state_dict(state_dict)
@@ -101,8 +104,8 @@ def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: st
         results = []
         for size in resolutions or [None]:
             run_cfg = cfg if size is None else dataclasses.replace(cfg, img_size=size)
-            input_size, mean, std = data_settings(run_cfg, model)
-            val_loader = eval_loader(run_cfg, build_dataset(run_cfg, False, input_size, mean, std, model.T), info)
+            input_size = data_settings(run_cfg, model)[0]
+            val_loader = validation_loader(run_cfg, model, info)
             meter = EnergyMeter(model) if energy_dir else FiringRates(model)
             with meter:
                 metrics = evaluate(model, val_loader, precision,

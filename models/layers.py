@@ -22,6 +22,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from .neuron import lif, reset_net
+from .op_counts import ssa_op_counts, ssa_spike_ops
 
 
 class Unit(NamedTuple):
@@ -174,6 +175,15 @@ class SpikingSelfAttention(nn.Module):
     * ``order="pre"`` (Spikingformer): the input passes a LIF first (named ``proj_lif`` in the
       original) and the projection ends at its BN, so the residual stream stays real-valued.
     """
+
+    # Energy accounting (models/op_counts.py): the neurons whose spikes feed Q K^T V, and its size.
+    energy_kind = "attention"
+    spike_sources = {"q": "q_lif", "k": "k_lif", "v": "v_lif"}
+
+    def op_counts(self, input_shape) -> int:
+        return ssa_op_counts(input_shape, self.num_heads)
+
+    spike_ops = staticmethod(ssa_spike_ops)
 
     def __init__(self, dim: int, num_heads: int, order: str = "post", tau: float = 2.0,
                  fix_tb_merge: bool = False):

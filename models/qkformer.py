@@ -30,6 +30,7 @@ import torch.nn as nn
 from .base import SpikingClassifier
 from .layers import ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, check_heads
 from .neuron import lif
+from .op_counts import token_qk_op_counts, token_qk_spike_ops
 
 
 class TokenQKAttention(nn.Module):
@@ -38,6 +39,16 @@ class TokenQKAttention(nn.Module):
     ``[T, B, C, H, W] -> [T, B, C, H, W]``; linear in the number of tokens, no matmul.
     (Upstream name: ``Token_QK_Attention``.)
     """
+
+    # Energy accounting (models/op_counts.py): the channel sum of binary Q is its only product
+    # (the mask times K is a binary gate, not counted).
+    energy_kind = "qk-attention"
+    spike_sources = {"q": "q_lif"}
+
+    def op_counts(self, input_shape) -> int:
+        return token_qk_op_counts(input_shape)
+
+    spike_ops = staticmethod(token_qk_spike_ops)
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()

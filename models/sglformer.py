@@ -29,6 +29,7 @@ from .base import SpikingClassifier
 from .layers import (ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, check_heads, max_pool,
                      spike_attention)
 from .neuron import lif
+from .op_counts import ssa_op_counts, ssa_spike_ops
 
 
 class Conv3x3(nn.Module):
@@ -103,6 +104,16 @@ class LocalConv(nn.Module):
 
 class GlobalSSA(nn.Module):
     """SSA over all tokens with Conv1x1 units for Q, K, V and the projection."""
+
+    # Energy accounting (models/op_counts.py): the neurons whose spikes feed Q K^T V, and its size
+    # (LocalSSA attends groups of tokens: the same total over all groups).
+    energy_kind = "attention"
+    spike_sources = {"q": "q_conv.lif", "k": "k_conv.lif", "v": "v_conv.lif"}
+
+    def op_counts(self, input_shape) -> int:
+        return ssa_op_counts(input_shape, self.num_heads)
+
+    spike_ops = staticmethod(ssa_spike_ops)
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()

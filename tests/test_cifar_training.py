@@ -13,7 +13,7 @@ import torch
 import models
 from conftest import ROOT
 from datasets import write_cifar10, write_cifar100
-from engine.config import load_yaml, make_config
+from engine.recipe import load_recipe
 from engine.tester import test as run_test
 from engine.trainer import train
 
@@ -25,7 +25,7 @@ TINY = dict(embed_dim=32, depth=3, T=2, batch_size=16, val_batch_size=20, worker
 
 def config(folder: str, data_dir, out_dir, family: str = "qkformer", **overrides):
     values = dict(TINY, data_dir=str(data_dir), output=str(out_dir), **overrides)
-    return make_config(load_yaml(ROOT / folder / f"{family}.yml"), values)
+    return load_recipe(ROOT / folder / f"{family}.yml", values)[0]
 
 
 @pytest.fixture(scope="module")

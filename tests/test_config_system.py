@@ -30,15 +30,41 @@ def test_every_key_has_help_a_group_and_enumerations_have_choices():
         assert f.metadata["group"] in C.GROUPS, f.name
     with pytest.raises(ConfigError, match="'amp_dtype' must be one of float16, bfloat16; got 'fp16'"):
         make_config({}, {"amp_dtype": "fp16"})
-    with pytest.raises(ConfigError, match="'lif_backend' must be one of .*did you mean 'fused'"):
-        make_config({}, {"lif_backend": "fusd"})
+    with pytest.raises(ConfigError, match="'backend' must be one of .*did you mean 'fused'"):
+        make_config({}, {"backend": "fusd"})
 
 
 def test_backend_and_schedule_choices_match_what_the_code_knows():
     from engine.optim import TIMM_SCHEDULES
     from models.neuron import BACKENDS
-    assert set(BACKENDS) <= set(C.FIELDS["lif_backend"].metadata["choices"])
+    assert C.choices_of("backend") == tuple(BACKENDS)   # read from models/neuron.py, so new backends follow
     assert set(C.FIELDS["sched"].metadata["choices"]) == {*TIMM_SCHEDULES, "mae_cosine"}
+
+
+def test_backend_has_one_name_and_an_explicit_value_beats_the_environment(tmp_path, monkeypatch):
+    from engine.factories import build_model
+    from engine.recipe import resolve
+    parser = C.build_parser("x")
+    assert parser.parse_args(["--backend", "torch"]).backend == "torch"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--backend", "nope"])
+    old = tmp_path / "config.yaml"                      # a run folder's config.yaml of older code
+    old.write_text("lif_backend: fused\n")
+    assert load_yaml(old) == {"backend": "fused"}
+    monkeypatch.setenv("SNN_LIF_BACKEND", "cupy")
+    cfg, sources = resolve(make_config({}, {"backend": "torch", "embed_dim": 32, "depth": 3}))
+    assert cfg.backend == "torch" and cfg.model_overrides()["backend"] == "torch"
+    model = build_model(cfg, 10)   # would fail on a machine without CUDA if cupy won
+    from models import LIF
+    assert {m.requested_backend for m in model.modules() if isinstance(m, LIF)} == {"torch"}
+    cfg, sources = resolve(make_config({}, {}))
+    assert cfg.backend == "cupy" and sources["backend"] == "$SNN_LIF_BACKEND"
+    monkeypatch.setenv("SNN_LIF_BACKEND", "cuppy")
+    with pytest.raises(ConfigError, match="SNN_LIF_BACKEND=cuppy is not a neuron backend"):
+        resolve(make_config({}, {}))
+    monkeypatch.delenv("SNN_LIF_BACKEND")
+    cfg, sources = resolve(make_config({}, {}))
+    assert cfg.backend == "auto" and sources["backend"] == "default"
 
 
 def test_one_spelling_per_flag():
@@ -65,16 +91,23 @@ def test_base_recipes_chain_and_report_sources(tmp_path):
 
 
 def test_print_config_shows_resolved_values_and_origins(tmp_path):
-    out = subprocess.run([sys.executable, TRAIN, "--print-config", "--lr", "2e-3"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, TRAIN, "--print-config", "--lr", "2e-3"], capture_output=True, text=True,
+                         cwd=ROOT)
     assert out.returncode == 0, out.stderr
     lines = {line.split(":")[0]: line for line in out.stdout.splitlines()}
     assert lines["lr"].startswith("lr: 0.002") and lines["lr"].endswith("# command line")
-    assert lines["model"].endswith("cifar10/qkformer.yml")
+    assert lines["dataset"].endswith(" cifar10/qkformer.yml")                    # the overlay
+    assert lines["model"].endswith(" recipes/cifar/qkformer.yml")               # its family base
+    assert lines["weight_decay"].endswith(" recipes/cifar/common.yml")          # the CIFAR base
+    assert lines["embed_dim"].startswith("embed_dim: 384") and lines["embed_dim"].endswith(
+        "# variant table (qkformer_cifar_4_384)")
+    assert lines["num_classes"].startswith("num_classes: 10") and lines["num_classes"].endswith("# dataset (cifar10)")
     assert lines["initial_checkpoint"].endswith("# default")
     import yaml
+    from engine.recipe import load_recipe
     printed = yaml.safe_load(out.stdout)
-    assert make_config(printed, {}).to_dict() == make_config(load_yaml(ROOT / "cifar10" / "qkformer.yml"),
-                                                            {"lr": "2e-3"}).to_dict()
+    assert make_config(printed, {}).to_dict() == load_recipe(ROOT / "cifar10" / "qkformer.yml",
+                                                             {"lr": "2e-3"})[0].to_dict()
 
 
 def test_help_is_fast_because_nothing_heavy_is_imported():

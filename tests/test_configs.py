@@ -3,6 +3,7 @@ import pytest
 
 from conftest import ROOT
 from engine.config import Config, ConfigError, build_parser, load_yaml, make_config, resolve_config_path
+from engine.recipe import load_recipe
 
 # The originals' CIFAR recipes: each repository's cifar10.yml / cifar100.yml merged over the
 # argparse defaults of its train.py (timm 0.6 script). Values typed in from those files.
@@ -30,7 +31,7 @@ ORIGINAL = {
 @pytest.mark.parametrize("folder,family", sorted(ORIGINAL))
 def test_shipped_config_equals_original_recipe(folder, family):
     model, classes, depth, heads, lr, wd, workers = ORIGINAL[(folder, family)]
-    cfg = make_config(load_yaml(ROOT / folder / f"{family}.yml"), {})
+    cfg, _ = load_recipe(ROOT / folder / f"{family}.yml")   # bases, variant table and dataset applied
     expected = dict(CIFAR_COMMON, model=model, dataset=folder, num_classes=classes, depth=depth,
                     num_heads=heads, lr=lr, weight_decay=wd, workers=workers)
     got = {k: getattr(cfg, k) for k in expected}

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from engine.config import load_yaml, make_config
+from engine.recipe import load_recipe
 from engine.optim import build_optimizer, build_scheduler
 
 # Defaults of {QKFormer,Spikingformer,SGLFormer}/{cifar10-dvs,dvs128-gesture}/train.py, the
@@ -26,7 +26,7 @@ ORIGINAL = {
 @pytest.mark.parametrize("folder,family", sorted(ORIGINAL))
 def test_dvs_config_equals_original_recipe(folder, family):
     model, classes, T, lr, min_lr, epochs, workers = ORIGINAL[(folder, family)]
-    cfg = make_config(load_yaml(ROOT / folder / f"{family}.yml"), {})
+    cfg, _ = load_recipe(ROOT / folder / f"{family}.yml")   # bases, variant table and dataset applied
     dataset = "cifar10dvs" if folder == "cifar10-dvs" else "dvs128gesture"
     expected = dict(COMMON, model=model, num_classes=classes, T=T, lr=lr, min_lr=min_lr, epochs=epochs,
                     workers=workers, dataset=dataset)
@@ -42,7 +42,7 @@ def test_every_dvs_config_is_checked():
 
 def test_schedule_reproduces_qkformer_cifar10dvs_log():
     """lr at the first step of epochs 0, 1, 9, 10, 32, 48, 95, 96, 105 in cifar10-dvs_origin_log.txt."""
-    cfg = make_config(load_yaml(ROOT / "cifar10-dvs" / "qkformer.yml"), {})
+    cfg, _ = load_recipe(ROOT / "cifar10-dvs" / "qkformer.yml")
     cfg.accum_iter = 1
     opt = build_optimizer(cfg, torch.nn.Linear(1, 1))
     sched, total = build_scheduler(cfg, opt, 562, 562)

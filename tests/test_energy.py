@@ -154,3 +154,38 @@ def test_energy_cli_and_test_script(tmp_path):
     assert report["T"] == 4 and report["samples"] == 2 and len(report["firing_rates"]) == 21
     assert (tmp_path / "e" / "firing_rates.png").stat().st_size > 1000
     assert "total per sample" in out.stdout and (tmp_path / "e" / "layers.csv").read_text().startswith("name,kind")
+
+
+def test_attention_modules_declare_their_counts_and_the_meter_knows_no_model_class():
+    source = (ROOT / "engine" / "energy.py").read_text()
+    assert "from models" not in source and "import models" not in source
+
+    class Gate(nn.Module):
+        """A made-up attention: one spike product of size T x B x C x N, fed by its neuron 's'."""
+        energy_kind, spike_sources = "toy-attention", {"q": "s"}
+
+        def __init__(self):
+            super().__init__()
+            self.s = LIF(backend="torch")
+
+        def op_counts(self, input_shape):
+            return input_shape[0] * input_shape[1] * input_shape[2] * input_shape[3]
+
+        @staticmethod
+        def spike_ops(units, rates):
+            return units, 3 * units * rates["q"], rates["q"]
+
+        def forward(self, x):
+            return self.s(x)
+
+    net = nn.Sequential(Gate())
+    x = torch.full((2, 4, 5, 7), 3.0)                 # T=2, B=4: every neuron fires at t=0 and t=1
+    with EnergyMeter(net) as meter:
+        net(x)
+    [row] = [l for l in meter.layers() if l.kind == "toy-attention"]
+    assert meter.samples == 2                        # the meter counts dim 0 of the model's input
+    assert row.dense == 2 * 4 * 5 * 7 / 2 and row.input_rate == 1.0 and row.sops == 3 * row.dense
+    for name in ("qkformer_cifar_4_384", "sglformer_cifar_4_384", "spikingformer_cifar_4_384"):
+        model = models.build(name, embed_dim=32, num_heads=4, **({"depth": 3} if "sgl" not in name else {}))
+        attention = [m for m in model.modules() if hasattr(m, "op_counts")]
+        assert attention and all(dict(m.named_modules()).keys() >= set(m.spike_sources.values()) for m in attention)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from engine.config import load_yaml, make_config
+from engine.recipe import load_recipe
 from engine.optim import build_optimizer, build_scheduler
 
 # MAE-style scripts (QKFormer imagenet/train.py, SGLFormer imagenet/main.py): argparse defaults
@@ -36,7 +36,7 @@ EXPECTED = {
 
 
 def load(name):
-    return make_config(load_yaml(ROOT / "imagenet" / f"{name}.yml"), {})
+    return load_recipe(ROOT / "imagenet" / f"{name}.yml")[0]   # bases and variant table applied
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

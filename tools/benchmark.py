@@ -33,8 +33,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
-from engine.config import ConfigError  # noqa: E402
+from engine.config import Config  # noqa: E402
 from engine.distributed import pick_device  # noqa: E402
+from engine.errors import ConfigError  # noqa: E402
+from engine.factories import build_model  # noqa: E402
+from models.neuron import BACKENDS  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKENDS = ("torch", "fused", "cupy", "triton", "auto")
@@ -177,7 +180,7 @@ def run(args) -> dict:
                                         depth=args.depth, num_heads=args.num_heads).items() if v is not None}
 
     def build(backend):
-        return models.build(args.model, backend=backend, **overrides)
+        return build_model(Config(model=args.model, backend=backend, **overrides), None)
 
     template = build("torch")
     state = template.state_dict()

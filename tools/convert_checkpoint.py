@@ -22,8 +22,11 @@ if str(ROOT) not in sys.path:
 
 import models  # noqa: E402
 from engine.config import Config, ConfigError, load_yaml, make_config  # noqa: E402
+from engine.errors import user_errors  # noqa: E402
+from engine.factories import build_model  # noqa: E402
+from engine.recipe import resolve  # noqa: E402
 from models import pretrained  # noqa: E402
-from models.checkpoint import CheckpointError, check_compatible, extract_state_dict, safe_load  # noqa: E402
+from models.checkpoint import check_compatible, extract_state_dict, safe_load  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,23 +44,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def training_config(args) -> Config:
-    """The Config describing the weights: the YAML's, with the variant from the command line."""
+    """The Config describing the weights: the YAML's, with the variant from the command line, its
+    architecture from the variant table where the YAML leaves it open."""
     values = load_yaml(args.config) if args.config else {}
     entry = pretrained.RELEASED.get(args.variant, {})
     if "dataset" not in values and entry:
         values["dataset"] = entry["dataset"]
     cli = {"model": args.variant, "data_dir": args.data_dir}
-    return make_config(values, cli)
+    return resolve(make_config(values, cli))[0]
 
 
 def build_for(cfg: Config, sd: dict) -> torch.nn.Module:
-    overrides = {k: v for k, v in cfg.model_overrides().items() if k != "backend"}
-    if "num_classes" not in overrides and "head.weight" in sd:
-        overrides["num_classes"] = sd["head.weight"].shape[0]  # the head says how many classes it was trained on
-    try:
-        return models.build(cfg.model, **overrides)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"cannot build {cfg.model} with {overrides}: {exc}") from None
+    num_classes = cfg.num_classes
+    if num_classes is None and "head.weight" in sd:
+        num_classes = sd["head.weight"].shape[0]  # the head says how many classes it was trained on
+    return build_model(cfg, num_classes)
 
 
 def write_folder(out: Path, model, sd: dict, cfg: Config, source: Path, source_sha: str) -> dict:
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         convert(args)
-    except (CheckpointError, ConfigError) as exc:
+    except user_errors() as exc:  # CheckpointError, ConfigError, DataError (--verify) ...
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

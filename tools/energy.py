@@ -19,9 +19,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
-from engine.cli import _user_errors  # noqa: E402
 from engine.config import Config, ConfigError, load_yaml, make_config  # noqa: E402
 from engine.energy import EnergyMeter, format_report, write_report  # noqa: E402
+from engine.errors import user_errors  # noqa: E402
+from engine.factories import build_model, num_classes, validation_loader  # noqa: E402
+from engine.recipe import resolve  # noqa: E402
 
 
 def fake_batches(model, batch_size: int, batches: int, seed: int, event_rate: float):
@@ -36,14 +38,8 @@ def fake_batches(model, batch_size: int, batches: int, seed: int, event_rate: fl
 
 
 def data_batches(cfg: Config, model, batch_size: int, batches: int):
-    from engine.data import build_dataset
-    from engine.distributed import DistInfo
-    from engine.loader import eval_loader
-    from engine.trainer import data_settings
-    input_size, mean, std = data_settings(cfg, model)
     cfg.val_batch_size = batch_size
-    loader = eval_loader(cfg, build_dataset(cfg, False, input_size, mean, std, model.T), DistInfo())
-    for i, (images, _) in enumerate(loader):
+    for i, (images, _) in enumerate(validation_loader(cfg, model)):
         if i >= batches:
             break
         yield images
@@ -72,7 +68,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     try:
         return run(args)
-    except _user_errors() as exc:
+    except user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 
@@ -87,10 +83,10 @@ def run(args) -> dict:
         cfg = config_for_checkpoint(cfg, models.safe_load(args.checkpoint), set(overrides))
     if not args.fake and not args.data_dir:
         raise ConfigError("give --data-dir (measured firing rates) or --fake (random input)")
-    from engine.trainer import build_model
-    from engine.data import dataset_spec
-    num_classes = cfg.num_classes or (dataset_spec(cfg.dataset).num_classes(cfg) if args.data_dir else None)
-    model = build_model(cfg, num_classes)
+    cfg, sources = resolve(cfg)
+    if sources.get("num_classes", "").startswith("dataset") and not (args.config or args.dataset or args.data_dir):
+        cfg.num_classes = None  # --model alone names no dataset: the variant's own head
+    model = build_model(cfg, num_classes(cfg) if cfg.num_classes or args.data_dir else None)
     if args.checkpoint:
         models.load_checkpoint(model, args.checkpoint)
     model.eval()
