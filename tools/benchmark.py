@@ -5,7 +5,9 @@
 
 A setup is a '+'-joined list of: a neuron backend (``torch``: spikingjelly's loop, ``fused``,
 ``cupy``), a precision (``fp32``, ``bf16``, ``fp16``: autocast), ``ckpt`` (gradient
-checkpointing of every block) and ``compile`` (torch.compile). ``reference`` is ``torch+fp32``:
+checkpointing of every block), ``fastattn`` (``attention_order="fast"``: the cheaper association
+order of the attention products instead of the original files') and ``compile`` (torch.compile).
+``reference`` is ``torch+fp32``:
 our model with every optimisation off, i.e. the original implementation's forward/backward
 semantics. All setups start from the same weights; their timings are interleaved (reference, A,
 B, reference, A, B, ...) so that load on a shared machine affects them alike, and each setup's
@@ -39,7 +41,8 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def parse_setup(spec: str) -> dict:
     parts = ["torch", "fp32"] if spec == "reference" else spec.split("+")
-    setup = {"name": spec, "backend": "torch", "precision": "fp32", "ckpt": False, "compile": False}
+    setup = {"name": spec, "backend": "torch", "precision": "fp32", "ckpt": False, "compile": False,
+             "attention_order": "original"}
     for part in parts:
         if part in ("torch", "fused", "cupy", "auto"):
             setup["backend"] = part
@@ -47,6 +50,8 @@ def parse_setup(spec: str) -> dict:
             setup["precision"] = part
         elif part in ("ckpt", "compile"):
             setup[part] = True
+        elif part == "fastattn":
+            setup["attention_order"] = "fast"
         else:
             raise ValueError(f"unknown setup part {part!r} in {spec!r}")
     return setup
@@ -63,7 +68,7 @@ class Runner:
 
     def __init__(self, setup: dict, build, state: dict, device: torch.device):
         self.setup = setup
-        self.model = build(backend=setup["backend"]).to(device)
+        self.model = build(backend=setup["backend"], attention_order=setup["attention_order"]).to(device)
         self.model.load_state_dict(state)
         self.model.set_grad_checkpointing(setup["ckpt"])
         self.forward = torch.compile(self.model) if setup["compile"] else self.model
@@ -158,8 +163,8 @@ def run(args) -> dict:
     overrides = {k: v for k, v in dict(T=args.T, img_size=args.img_size, embed_dim=args.embed_dim,
                                         depth=args.depth, num_heads=args.num_heads).items() if v is not None}
 
-    def build(backend):
-        return models.build(args.model, backend=backend, **overrides)
+    def build(backend, attention_order="original"):
+        return models.build(args.model, backend=backend, attention_order=attention_order, **overrides)
 
     template = build("torch")
     state = template.state_dict()
