@@ -166,6 +166,8 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads
     * ``"fast"``: views and the cheaper order (``Q (K^T V)`` when tokens outnumber head channels).
       Same outputs, gradients within rounding of the original's (``attention_order="fast"``).
     """
+    if product not in ("q_kv", "qk_v", "fast"):
+        raise ValueError(f"unknown attention product {product!r}")
     T, B, C, N = q.shape
     d = C // num_heads
 

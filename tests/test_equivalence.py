@@ -5,7 +5,7 @@ original model file, ``reference.ORIGINAL_FILE``), the aten operations that the 
 code issued in ``reference.run_case``: eval and train mode, float32 and float64, forward and
 backward (generation: README, developer notes). Replaying a trace (``optrace.replay``) computes
 the original program's logits, parameter gradients and batch-norm buffers with THIS machine's
-kernels, so our models must match it exactly on any CPU: ``torch.equal`` for all of them.
+kernels, so our models must match it exactly on any CPU: the same bits for all of them.
 
 ``tests/data/reference/<config>.pt`` holds tensors the original code produced on the CPU that
 recorded the traces (an AMD EPYC). They cross-check that a replay is the original program: equal
