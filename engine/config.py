@@ -66,6 +66,9 @@ class Config:
     fix_tb_merge: bool = key(False, 'fix the upstream LIF-over-T*B bug (README)', group='model')
     backend: Optional[str] = key(None, 'LIF neuron backend, the models\' backend= (None: $SNN_LIF_BACKEND, else auto)',
         group='model', choices=neuron_backends)
+    attention_order: str = key("original", "attention products in the original files' order (gradients "
+        "bit-identical to the originals) or the cheaper order (fast: same outputs, gradients within rounding)",
+        group='model', choices=('original', 'fast'))
     initial_checkpoint: Optional[str] = key(None, 'start from these weights (fine-tuning)', group='model')
     start_epoch: Optional[int] = key(None, 'begin the schedule at this epoch (continued training)', group='model')
 
@@ -201,6 +204,7 @@ class Config:
         out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
         out["fix_tb_merge"] = self.fix_tb_merge
         out["backend"] = self.backend
+        out["attention_order"] = self.attention_order
         return out
 
     def to_dict(self) -> dict[str, Any]:

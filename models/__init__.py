@@ -9,6 +9,7 @@ Importing this package registers every published variant with timm::
 ``pretrained=True`` loads a file, a converted folder or an ``hf_hub:`` id (models/pretrained.py).
 """
 from .checkpoint import CheckpointError, load_checkpoint, safe_load
+from .layers import ATTENTION_ORDERS, set_attention_order
 from .neuron import LIF, reset_net, set_backend
 from .qkformer import QKFormer
 from .sglformer import SGLFormer
@@ -16,4 +17,5 @@ from .spikingformer import Spikingformer
 from .variants import VARIANTS, build
 
 __all__ = ["QKFormer", "Spikingformer", "SGLFormer", "VARIANTS", "build", "LIF", "reset_net",
-           "set_backend", "load_checkpoint", "safe_load", "CheckpointError"]
+           "set_backend", "set_attention_order", "ATTENTION_ORDERS", "load_checkpoint", "safe_load",
+           "CheckpointError"]

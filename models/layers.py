@@ -141,16 +141,34 @@ class SpikingMLP(ConvUnits):
                          order=order, tau=tau)
 
 
-def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
-                    scale: float = 0.125) -> torch.Tensor:
-    """Spiking self-attention without softmax: ``Q K^T V * scale`` per head.
+ATTENTION_ORDERS = ("original", "fast")
 
-    Takes and returns ``[T, B, C, N]``. Q, K and V are binary spikes, so every product is an
-    exact integer count in float32 and both association orders give bit-identical outputs;
-    the cheaper one is used (``Q (K^T V)`` when tokens outnumber head channels). The original
-    files use one order or the other. The scale is 0.125 in every original, whatever the head
-    width.
+
+def check_attention_order(attention_order: str) -> str:
+    if attention_order not in ATTENTION_ORDERS:
+        raise ValueError(f"attention_order must be one of {', '.join(ATTENTION_ORDERS)}, not {attention_order!r}")
+    return attention_order
+
+
+def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, attn_lif: nn.Module,
+                    product: str = "q_kv", lif_on_heads: bool = False, scale: float = 0.125) -> torch.Tensor:
+    """Spiking self-attention without softmax: ``attn_lif(Q K^T V * scale)`` per head.
+
+    Takes and returns ``[T, B, C, N]``. The scale is 0.125 in every original, whatever the head
+    width. Q, K and V are binary spikes, so every product is an exact integer count in float32
+    and all forms below give bit-identical outputs; the gradients round differently, so each
+    model computes what its original file computes:
+
+    * ``"q_kv"``: heads made contiguous, ``Q (K^T V)`` (QKFormer; Spikingformer's and SGLFormer's
+      ImageNet global attention);
+    * ``"qk_v"``: heads as strided views, ``(Q K^T) V`` (Spikingformer CIFAR/DVS; SGLFormer's
+      CIFAR/DVS attention and its local attention everywhere). SGLFormer applies ``attn_lif`` to
+      the per-head ``[T, B, h, N, d]`` product (``lif_on_heads``), the others after merging heads;
+    * ``"fast"``: views and the cheaper order (``Q (K^T V)`` when tokens outnumber head channels).
+      Same outputs, gradients within rounding of the original's (``attention_order="fast"``).
     """
+    if product not in ("q_kv", "qk_v", "fast"):
+        raise ValueError(f"unknown attention product {product!r}")
     T, B, C, N = q.shape
     d = C // num_heads
 
@@ -158,11 +176,17 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads
         return t.transpose(-1, -2).reshape(T, B, N, num_heads, d).permute(0, 1, 3, 2, 4)
 
     q, k, v = heads(q), heads(k), heads(v)
-    if N > d:
+    if product == "q_kv":
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         x = q @ (k.transpose(-2, -1) @ v)
-    else:
+    elif product == "qk_v" or N <= d:
         x = (q @ k.transpose(-2, -1)) @ v
-    return (x * scale).transpose(3, 4).reshape(T, B, C, N)
+    else:
+        x = q @ (k.transpose(-2, -1) @ v)
+    x = x * scale
+    if lif_on_heads and product != "fast":
+        return attn_lif(x).transpose(3, 4).reshape(T, B, C, N)
+    return attn_lif(x.transpose(3, 4).reshape(T, B, C, N))
 
 
 class SpikingSelfAttention(nn.Module):
@@ -174,6 +198,9 @@ class SpikingSelfAttention(nn.Module):
       originals apply to T and B merged (``fix_tb_merge`` fixes it, see :func:`lif_on_merged_tb`).
     * ``order="pre"`` (Spikingformer): the input passes a LIF first (named ``proj_lif`` in the
       original) and the projection ends at its BN, so the residual stream stays real-valued.
+
+    ``product`` is the original file's form of the attention product (see :func:`spike_attention`);
+    ``attention_order="fast"`` replaces it with the cheaper one.
     """
 
     # Energy accounting (models/op_counts.py): the neurons whose spikes feed Q K^T V, and its size.
@@ -186,12 +213,14 @@ class SpikingSelfAttention(nn.Module):
     spike_ops = staticmethod(ssa_spike_ops)
 
     def __init__(self, dim: int, num_heads: int, order: str = "post", tau: float = 2.0,
-                 fix_tb_merge: bool = False):
+                 fix_tb_merge: bool = False, product: str = "q_kv", attention_order: str = "original"):
         super().__init__()
         check_heads(dim, num_heads)
         self.num_heads = num_heads
         self.order = order
         self.fix_tb_merge = fix_tb_merge
+        self.product = product
+        self.attention_order = check_attention_order(attention_order)
         if order == "pre":
             self.proj_lif = lif(tau=tau)
         for name in ("q", "k", "v"):
@@ -215,7 +244,8 @@ class SpikingSelfAttention(nn.Module):
         q, k, v = (self._modules[f"{n}_lif"](
             self._modules[f"{n}_bn"](self._modules[f"{n}_conv"](flat)).reshape(T, B, C, N))
             for n in ("q", "k", "v"))
-        x = self.attn_lif(spike_attention(q, k, v, self.num_heads))
+        product = self.product if self.attention_order == "original" else "fast"
+        x = spike_attention(q, k, v, self.num_heads, self.attn_lif, product)
         x = self.proj_bn(self.proj_conv(x.flatten(0, 1)))
         if self.order == "post":
             x = lif_on_merged_tb(self.proj_lif, x, T, self.fix_tb_merge)
@@ -278,3 +308,13 @@ class _FrozenBatchNormStats:
         for m, (momentum, tracked) in zip(self.norms, self.saved):
             m.momentum = momentum
             m.num_batches_tracked.copy_(tracked)
+
+
+def set_attention_order(model: nn.Module, attention_order: str) -> nn.Module:
+    """Switch every spiking self-attention in `model` to ``"original"`` or ``"fast"`` (see
+    :func:`spike_attention`); the parameters are unchanged."""
+    check_attention_order(attention_order)
+    for module in model.modules():
+        if hasattr(module, "attention_order"):
+            module.attention_order = attention_order
+    return model

@@ -131,6 +131,9 @@ class QKFormer(SpikingClassifier):
         in_chans, num_classes, T: input channels (3 images, 2 event polarities), classes,
             time steps (images are repeated T times; event inputs bring their own T).
         fix_tb_merge: fix upstream issue #14 (see :func:`models.layers.lif_on_merged_tb`).
+        attention_order: ``"original"`` (default: ``Q (K^T V)`` on contiguous heads, as every
+            original file, so gradients are bit-identical) or ``"fast"`` (the cheaper order; same
+            outputs, gradients within rounding). See :func:`models.layers.spike_attention`.
         backend: LIF backend, ``"auto"``/``"fused"``/``"torch"``/``"cupy"`` (None: $SNN_LIF_BACKEND).
     """
 
@@ -138,7 +141,7 @@ class QKFormer(SpikingClassifier):
                  num_heads: int = 6, mlp_ratio: float = 4.0, in_chans: int = 3,
                  num_classes: int = 1000, T: int = 4, img_size: int | None = None,
                  fix_tb_merge: bool = False, backend: str | None = None,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, attention_order: str = "original"):
         super().__init__(layout, num_classes, embed_dim, T, img_size, drop_rate, drop_path_rate)
         e = embed_dim
         if layout == "dvs":
@@ -155,7 +158,8 @@ class QKFormer(SpikingClassifier):
             mlp = SpikingMLP(w, int(w * mlp_ratio), names=mlp_names)
             if i < last:
                 return Residual({"tssa": TokenQKAttention(w, num_heads), "mlp": mlp})
-            return Residual({ssa_name: SpikingSelfAttention(w, num_heads, fix_tb_merge=fix_tb_merge),
+            return Residual({ssa_name: SpikingSelfAttention(w, num_heads, fix_tb_merge=fix_tb_merge,
+                                                            attention_order=attention_order),
                              "mlp": mlp})
 
         embeds = [_stem(layout, in_chans, widths[0])] + [_downsample(layout, w) for w in widths[1:]]

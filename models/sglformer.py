@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 
 from .base import SpikingClassifier
-from .layers import (ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, check_heads, max_pool,
-                     spike_attention)
+from .layers import (ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, check_attention_order,
+                     check_heads, max_pool, spike_attention)
 from .neuron import lif
 from .op_counts import ssa_op_counts, ssa_spike_ops
 
@@ -103,7 +103,11 @@ class LocalConv(nn.Module):
 
 
 class GlobalSSA(nn.Module):
-    """SSA over all tokens with Conv1x1 units for Q, K, V and the projection."""
+    """SSA over all tokens with Conv1x1 units for Q, K, V and the projection.
+
+    As upstream: ``(Q K^T) V`` on strided head views, ``attn_lif`` on the per-head product
+    (``attention_order="fast"``: the cheaper order, see :func:`models.layers.spike_attention`).
+    """
 
     # Energy accounting (models/op_counts.py): the neurons whose spikes feed Q K^T V, and its size
     # (LocalSSA attends groups of tokens: the same total over all groups).
@@ -115,10 +119,11 @@ class GlobalSSA(nn.Module):
 
     spike_ops = staticmethod(ssa_spike_ops)
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, attention_order: str = "original"):
         super().__init__()
         check_heads(dim, num_heads)
         self.num_heads = num_heads
+        self.attention_order = check_attention_order(attention_order)
         self.q_conv = Conv1x1(dim, dim)
         self.k_conv = Conv1x1(dim, dim)
         self.v_conv = Conv1x1(dim, dim)
@@ -128,7 +133,8 @@ class GlobalSSA(nn.Module):
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         q, k, v = (m(x).flatten(3) for m in (self.q_conv, self.k_conv, self.v_conv))
-        x = self.attn_lif(spike_attention(q, k, v, self.num_heads))
+        product = "qk_v" if self.attention_order == "original" else "fast"
+        x = spike_attention(q, k, v, self.num_heads, self.attn_lif, product, lif_on_heads=True)
         return self.proj_conv(x.reshape(shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,8 +145,8 @@ class LocalSSA(GlobalSSA):
     """SSA inside groups of tokens: the map is split into ``num_hw`` x ``num_hw`` interleaved
     sub-grids (pixels with the same (h mod n, w mod n)), each attended separately."""
 
-    def __init__(self, dim: int, num_heads: int, num_hw: int = 2):
-        super().__init__(dim, num_heads)
+    def __init__(self, dim: int, num_heads: int, num_hw: int = 2, attention_order: str = "original"):
+        super().__init__(dim, num_heads, attention_order)
         self.num_hw = num_hw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,13 +181,13 @@ class Tokenizer(nn.Module):
         return self.conv4(self.conv3(self.conv2(self.conv1(x))))
 
 
-def _fusion_block(dim: int, num_heads: int, mlp_ratio: float) -> Residual:
+def _fusion_block(dim: int, num_heads: int, mlp_ratio: float, attention_order: str) -> Residual:
     """CIFAR/DVS block (``SpikingTransformer`` upstream): local conv, local SSA and two global SSAs."""
     hidden = int(dim * mlp_ratio)
     return Residual({"loc": LocalConv(dim),
-                     "ssa1": LocalSSA(dim, num_heads), "mlp1": ConvMLP(dim, hidden),
-                     "ssa2": GlobalSSA(dim, num_heads), "mlp2": ConvMLP(dim, hidden),
-                     "ssa3": GlobalSSA(dim, num_heads), "mlp3": ConvMLP(dim, hidden)})
+                     "ssa1": LocalSSA(dim, num_heads, attention_order=attention_order), "mlp1": ConvMLP(dim, hidden),
+                     "ssa2": GlobalSSA(dim, num_heads, attention_order), "mlp2": ConvMLP(dim, hidden),
+                     "ssa3": GlobalSSA(dim, num_heads, attention_order), "mlp3": ConvMLP(dim, hidden)})
 
 
 class SGLFormer(SpikingClassifier):
@@ -197,6 +203,9 @@ class SGLFormer(SpikingClassifier):
         img_size: input side; sets the STB head's token count (CIFAR/DVS).
         stem_pool: ImageNet only, ``"early"`` (8-512*, 8-768*) or ``"late"`` (8-384, 8-512).
         fix_tb_merge: fix the LIFs that see T and B merged (ImageNet only).
+        attention_order: ``"original"`` (default: each attention product in the original file's
+            order and layout, so gradients are bit-identical) or ``"fast"`` (the cheaper order;
+            same outputs, gradients within rounding). See :func:`models.layers.spike_attention`.
         backend: LIF backend, ``"auto"``/``"fused"``/``"torch"``/``"cupy"`` (None: $SNN_LIF_BACKEND).
     """
 
@@ -204,7 +213,7 @@ class SGLFormer(SpikingClassifier):
                  num_heads: int = 16, mlp_ratio: float = 4.0, in_chans: int = 3,
                  num_classes: int = 10, T: int = 4, img_size: int | None = None,
                  stem_pool: str = "late", fix_tb_merge: bool = False, backend: str | None = None,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, attention_order: str = "original"):
         if stem_pool not in ("early", "late"):
             raise ValueError(f"stem_pool must be 'early' or 'late', not {stem_pool!r}")
         img_size = img_size or {"imagenet": 224, "cifar": 32, "dvs": 128}.get(layout)
@@ -221,11 +230,12 @@ class SGLFormer(SpikingClassifier):
                 order="post", fix_tb_merge=fix_tb_merge)
             hidden = int(e * mlp_ratio)
             self.localblock = nn.ModuleList([Residual({
-                "local1": LocalConv(e), "local2_SSA": LocalSSA(e, num_heads),
+                "local1": LocalConv(e), "local2_SSA": LocalSSA(e, num_heads, attention_order=attention_order),
                 "local2_MLP": ConvMLP(e, hidden)})])
             self.blocks = nn.ModuleList(
                 Residual({"norm1": nn.LayerNorm(e, eps=1e-6),
-                          "attn": SpikingSelfAttention(e, num_heads, fix_tb_merge=fix_tb_merge),
+                          "attn": SpikingSelfAttention(e, num_heads, fix_tb_merge=fix_tb_merge,
+                                                       attention_order=attention_order),
                           "norm2": nn.LayerNorm(e, eps=1e-6),
                           "mlp": SpikingMLP(e, hidden, names=("fc1", "fc2"), dims=1)},
                          unused=("norm1", "norm2"))
@@ -233,7 +243,8 @@ class SGLFormer(SpikingClassifier):
         else:
             self.stem = Stem(in_chans, e)
             self.tokenizer = Tokenizer(e, early_stride=2 if layout == "dvs" else 1)
-            self.blocks = nn.Sequential(*[_fusion_block(e, num_heads, mlp_ratio) for _ in range(depth)])
+            self.blocks = nn.Sequential(*[_fusion_block(e, num_heads, mlp_ratio, attention_order)
+                                          for _ in range(depth)])
             side = img_size // (16 if layout == "dvs" else 4)
             self.num_patches = side * side
             self.full_size_conv = nn.Conv2d(e, e, kernel_size=(self.num_patches, T), groups=e)

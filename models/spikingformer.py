@@ -45,6 +45,9 @@ class Spikingformer(SpikingClassifier):
         in_chans, num_classes, T: input channels, classes, time steps for image input.
         fix_tb_merge: accepted for a uniform interface with the other families; Spikingformer
             has no LIF over merged T and B, so it changes nothing.
+        attention_order: ``"original"`` (default: the original file's attention product,
+            ``Q (K^T V)`` for ImageNet and ``(Q K^T) V`` for CIFAR/DVS, so gradients are
+            bit-identical) or ``"fast"`` (the cheaper order; same outputs, gradients within rounding).
         backend: LIF backend, ``"auto"``/``"fused"``/``"torch"``/``"cupy"`` (None: $SNN_LIF_BACKEND).
     """
 
@@ -52,13 +55,15 @@ class Spikingformer(SpikingClassifier):
                  num_heads: int = 12, mlp_ratio: float = 4.0, in_chans: int = 3,
                  num_classes: int = 1000, T: int = 4, img_size: int | None = None,
                  fix_tb_merge: bool = False, backend: str | None = None,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, attention_order: str = "original"):
         super().__init__(layout, num_classes, embed_dim, T, img_size, drop_rate, drop_path_rate)
         tau = 1.5 if layout == "dvs" else 2.0
+        product = "q_kv" if layout == "imagenet" else "qk_v"
         self.patch_embed = _tokenizer(layout, in_chans, embed_dim, tau)
         self.block = nn.ModuleList(
             Residual({"norm1": nn.LayerNorm(embed_dim),
-                      "attn": SpikingSelfAttention(embed_dim, num_heads, order="pre", tau=tau),
+                      "attn": SpikingSelfAttention(embed_dim, num_heads, order="pre", tau=tau, product=product,
+                                                   attention_order=attention_order),
                       "norm2": nn.LayerNorm(embed_dim),
                       "mlp": SpikingMLP(embed_dim, int(embed_dim * mlp_ratio), order="pre", tau=tau)},
                      unused=("norm1", "norm2"))

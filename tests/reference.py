@@ -8,6 +8,7 @@ so no weights need to be stored.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -16,6 +17,9 @@ import torch.nn as nn
 # name -> (our class name, our kwargs, input shape, input kind). Sizes are tiny but keep every
 # structural feature: all stages, pooling positions, shortcuts, local/global attention, heads.
 # QKFormer's CIFAR and DVS files hard-code 8 and 16 heads; the tiny configs use those values.
+# Each original model file is traced with one config (ORIGINAL_FILE); the *_cifar100 and *_gesture
+# configs also have more tokens than head channels where the family allows, so that the two
+# attention association orders differ.
 TINY = {
     "qkformer_imagenet": ("QKFormer", dict(layout="imagenet", embed_dim=32, depth=4, num_heads=2, mlp_ratio=2,
                                            num_classes=5, T=2), (2, 3, 64, 64), "image"),
@@ -41,6 +45,33 @@ TINY = {
                                           num_classes=5, T=2), (2, 3, 32, 32), "image"),
     "sglformer_dvs": ("SGLFormer", dict(layout="dvs", embed_dim=24, depth=1, num_heads=2, mlp_ratio=2,
                                         in_chans=2, num_classes=5, T=2, img_size=64), (2, 2, 2, 64, 64), "events"),
+    "qkformer_cifar100": ("QKFormer", dict(layout="cifar", embed_dim=32, depth=4, num_heads=8, mlp_ratio=2,
+                                           num_classes=7, T=2), (2, 3, 16, 16), "image"),
+    "qkformer_gesture": ("QKFormer", dict(layout="dvs", embed_dim=32, depth=2, num_heads=16, mlp_ratio=4,
+                                          in_chans=2, num_classes=6), (2, 2, 2, 64, 64), "events"),
+    "spikingformer_cifar100": ("Spikingformer", dict(layout="cifar", embed_dim=32, depth=2, num_heads=4,
+                                                     mlp_ratio=2, num_classes=7, T=2), (2, 3, 16, 16), "image"),
+    "spikingformer_gesture": ("Spikingformer", dict(layout="dvs", embed_dim=32, depth=1, num_heads=4, mlp_ratio=2,
+                                                    in_chans=2, num_classes=6), (2, 2, 2, 128, 128), "events"),
+    "sglformer_cifar100": ("SGLFormer", dict(layout="cifar", embed_dim=24, depth=1, num_heads=4, mlp_ratio=2,
+                                             num_classes=7, T=2), (2, 3, 32, 32), "image"),
+    "sglformer_gesture": ("SGLFormer", dict(layout="dvs", embed_dim=24, depth=1, num_heads=4, mlp_ratio=2,
+                                            in_chans=2, num_classes=6, T=2, img_size=64), (2, 2, 2, 64, 64), "events"),
+}
+
+# config -> the original repository's model file it stands for (README, developer notes).
+ORIGINAL_FILE = {
+    "qkformer_cifar": "QKFormer cifar10/model.py", "qkformer_cifar100": "QKFormer cifar100/model.py",
+    "qkformer_dvs": "QKFormer cifar10-dvs/model.py", "qkformer_gesture": "QKFormer dvs128-gesture/model.py",
+    "qkformer_imagenet": "QKFormer imagenet/qkformer.py",
+    "spikingformer_cifar": "Spikingformer cifar10/model.py", "spikingformer_cifar100": "Spikingformer cifar100/model.py",
+    "spikingformer_dvs": "Spikingformer cifar10-dvs/model.py",
+    "spikingformer_gesture": "Spikingformer dvs128-gesture/model.py",
+    "spikingformer_imagenet": "Spikingformer imagenet/model.py",
+    "sglformer_cifar": "SGLFormer cifar10/sglformer.py", "sglformer_cifar100": "SGLFormer cifar100/sglformer.py",
+    "sglformer_dvs": "SGLFormer cifar10-dvs/sglformer.py", "sglformer_gesture": "SGLFormer dvs128-gesture/sglformer.py",
+    "sglformer_imagenet_early": "SGLFormer imagenet/sglformer_ima.py",
+    "sglformer_imagenet_late": "SGLFormer imagenet/sglformer_ima2.py",
 }
 
 SEED = 1234
@@ -84,11 +115,17 @@ def make_input(shape, kind: str, seed: int = SEED) -> torch.Tensor:
     return (torch.rand(shape, generator=g) < 0.25).float() + (torch.rand(shape, generator=g) < 0.05).float()
 
 
-def run_case(model: nn.Module, x: torch.Tensor, mode: str, dtype: torch.dtype, reset) -> dict:
+@contextlib.contextmanager
+def _nothing(model, x):
+    yield
+
+
+def run_case(model: nn.Module, x: torch.Tensor, mode: str, dtype: torch.dtype, reset, wrap=None) -> dict:
     """Fresh seeded weights, one forward in `mode`, backward of a seeded projection of the logits.
 
     Returns the logits and every parameter gradient, in `dtype`. `reset` is the
-    neuron-reset function of the implementation under test.
+    neuron-reset function of the implementation under test. ``wrap(model, x)``, a context
+    manager, surrounds the forward and backward (``optrace.record`` traces them with it).
     """
     model.float()  # fill in float32 first so both dtypes start from the same values
     fill_weights(model)
@@ -97,10 +134,11 @@ def run_case(model: nn.Module, x: torch.Tensor, mode: str, dtype: torch.dtype, r
     reset(model)
     model.zero_grad(set_to_none=True)
     x = x.to(dtype).clone().requires_grad_(True)
-    logits = model(x)
-    g = torch.Generator().manual_seed(SEED + 2)
-    weight = torch.randn(logits.shape, generator=g, dtype=torch.float64).to(dtype)
-    (logits * weight).sum().backward()
+    with (wrap or _nothing)(model, x):
+        logits = model(x)
+        g = torch.Generator().manual_seed(SEED + 2)
+        weight = torch.randn(logits.shape, generator=g, dtype=torch.float64).to(dtype)
+        (logits * weight).sum().backward()
     out = {"logits": logits.detach().clone(),
            "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}}
     reset(model)

@@ -5,8 +5,10 @@
 
 A setup is a '+'-joined list of: a neuron backend (``torch``: spikingjelly's loop, ``fused``,
 ``cupy``, ``triton``, ``auto``), a precision (``fp32``, ``bf16``, ``fp16``: autocast), ``ckpt``
-(gradient checkpointing of every block), ``cl`` (channels_last weights and input), ``compile``
-(torch.compile) and ``cudagraphs`` (torch.compile with CUDA graphs, mode "reduce-overhead").
+(gradient checkpointing of every block), ``cl`` (channels_last weights and input), ``fastattn``
+(``attention_order="fast"``: the cheaper association order of the attention products instead of
+the original files'), ``compile`` (torch.compile) and ``cudagraphs`` (torch.compile with CUDA
+graphs, mode "reduce-overhead").
 ``reference`` is ``torch+fp32``:
 our model with every optimisation off, i.e. the original implementation's forward/backward
 semantics. All setups start from the same weights; their timings are interleaved (reference, A,
@@ -46,7 +48,7 @@ BACKENDS = ("torch", "fused", "cupy", "triton", "auto")
 def parse_setup(spec: str) -> dict:
     parts = ["torch", "fp32"] if spec == "reference" else spec.split("+")
     setup = {"name": spec, "backend": "torch", "precision": "fp32", "ckpt": False, "compile": False,
-             "cl": False, "cudagraphs": False}
+             "cl": False, "cudagraphs": False, "attention_order": "original"}
     for part in parts:
         if part in BACKENDS:
             setup["backend"] = part
@@ -54,6 +56,8 @@ def parse_setup(spec: str) -> dict:
             setup["precision"] = part
         elif part in ("ckpt", "compile", "cl", "cudagraphs"):
             setup[part] = True
+        elif part == "fastattn":
+            setup["attention_order"] = "fast"
         else:
             raise ValueError(f"unknown setup part {part!r} in {spec!r}")
     return setup
@@ -70,7 +74,7 @@ class Runner:
 
     def __init__(self, setup: dict, build, state: dict, device: torch.device):
         self.setup = setup
-        self.model = build(backend=setup["backend"]).to(device)
+        self.model = build(backend=setup["backend"], attention_order=setup["attention_order"]).to(device)
         self.model.load_state_dict(state)
         self.model.set_grad_checkpointing(setup["ckpt"])
         self.layout = torch.channels_last if setup.get("cl") else torch.contiguous_format
@@ -179,8 +183,9 @@ def run(args) -> dict:
     overrides = {k: v for k, v in dict(T=args.T, img_size=args.img_size, embed_dim=args.embed_dim,
                                         depth=args.depth, num_heads=args.num_heads).items() if v is not None}
 
-    def build(backend):
-        return build_model(Config(model=args.model, backend=backend, **overrides), None)
+    def build(backend, attention_order="original"):
+        return build_model(Config(model=args.model, backend=backend, attention_order=attention_order,
+                                  **overrides), None)
 
     template = build("torch")
     state = template.state_dict()
