@@ -197,12 +197,12 @@ def test_auto_on_cuda_steps_down_cupy_triton_fused_warning_once_each(monkeypatch
 def test_triton_without_gpu_or_triton_is_a_one_line_error_naming_fused(monkeypatch):
     from engine.config import make_config
     from engine.errors import ConfigError
-    from engine.trainer import build_model
+    from engine.factories import build_model
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(RuntimeError, match="'triton' needs a CUDA GPU.*use backend 'fused'"):
         models.build("qkformer_cifar10dvs_2_256", backend="triton")
     with pytest.raises(ConfigError, match="'triton' needs a CUDA GPU.*use backend 'fused'") as info:
-        build_model(make_config({}, {"lif_backend": "triton"}), 10)
+        build_model(make_config({}, {"backend": "triton"}), 10)
     assert "\n" not in str(info.value)
     node = neuron.lif()
     node.requested_backend = "triton"      # e.g. set under the interpreter, then run without it

@@ -314,8 +314,8 @@ def measure_setups(ctx, name: str, setups, out: dict) -> None:
     kwargs = family_kwargs(name, tiny)
     batch = 2 if tiny else 32
 
-    def build(backend):
-        return models.build(name, backend=backend, **kwargs)
+    def build(backend, attention_order="original"):
+        return models.build(name, backend=backend, attention_order=attention_order, **kwargs)
 
     template = build("torch")
     state = {k: v.clone() for k, v in template.state_dict().items()}
