@@ -69,6 +69,9 @@ class Config:
     attention_order: str = key("original", "attention products in the original files' order (gradients "
         "bit-identical to the originals) or the cheaper order (fast: same outputs, gradients within rounding)",
         group='model', choices=('original', 'fast'))
+    activation_memory: str = key("compact", "compact: spikes saved for backward as bits, batch-norm/neuron steps "
+        "recomputed in backward (bit-identical, less memory); standard: autograd's usual storage",
+        group='model', choices=('compact', 'standard'))
     initial_checkpoint: Optional[str] = key(None, 'start from these weights (fine-tuning)', group='model')
     start_epoch: Optional[int] = key(None, 'begin the schedule at this epoch (continued training)', group='model')
 
@@ -205,6 +208,7 @@ class Config:
         out["fix_tb_merge"] = self.fix_tb_merge
         out["backend"] = self.backend
         out["attention_order"] = self.attention_order
+        out["activation_memory"] = self.activation_memory
         return out
 
     def to_dict(self) -> dict[str, Any]:

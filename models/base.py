@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
+from . import memory
 from .neuron import reset_net, set_backend
 
 LAYOUTS = ("imagenet", "cifar", "dvs")
@@ -30,7 +31,7 @@ class SpikingClassifier(nn.Module):
     """
 
     def __init__(self, layout: str, num_classes: int, embed_dim: int, T: int, img_size: int | None,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, activation_memory: str = "compact"):
         if layout not in LAYOUTS:
             raise ValueError(f"unknown {type(self).__name__} layout {layout!r}; choose one of {LAYOUTS}")
         check_no_dropout(type(self).__name__, drop_rate, drop_path_rate)
@@ -42,6 +43,8 @@ class SpikingClassifier(nn.Module):
         self.num_classes = num_classes
         self.num_features = self.embed_dim = embed_dim
         self.T = T
+        #: "compact" or "standard": how a training forward stores what backward needs (models/memory.py)
+        self.activation_memory = memory.check_mode(activation_memory)
 
     def init_head(self, backend: str | None) -> None:
         """Create the head, then apply the originals' init and the neuron backend."""
@@ -80,7 +83,8 @@ class SpikingClassifier(nn.Module):
     # timm's model API -------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         reset_net(self)
-        return self.forward_trunk(self.time_major(x))
+        with memory.compact_forward(self.activation_memory, self.training):
+            return self.forward_trunk(self.time_major(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.pool(x)
@@ -96,6 +100,11 @@ class SpikingClassifier(nn.Module):
         for module in self.modules():
             if isinstance(module, Residual):
                 module.grad_checkpointing = enable
+
+    def set_activation_memory(self, mode: str) -> None:
+        """``"compact"`` or ``"standard"`` (see :mod:`models.memory`); outputs and gradients are
+        the same bits either way."""
+        self.activation_memory = memory.check_mode(mode)
 
     def get_classifier(self) -> nn.Module:
         return self.head

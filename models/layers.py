@@ -14,6 +14,7 @@ the layout of optimizer state in checkpoints) identical to the original's.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import NamedTuple, Sequence
 
 import torch
@@ -21,6 +22,7 @@ import torch.nn as nn
 
 from torch.utils.checkpoint import checkpoint
 
+from . import memory
 from .neuron import lif, reset_net
 from .op_counts import ssa_op_counts, ssa_spike_ops
 
@@ -102,29 +104,69 @@ class ConvUnits(nn.Module):
                 setattr(self, f"{u.name}_lif", lif(tau=tau))
 
     def run(self, u: Unit, x: torch.Tensor) -> torch.Tensor:
-        """One unit on ``[T, B, C, ...]``."""
+        """One post-order unit on ``[T, B, C, ...]``."""
         part = self._modules
-        T, B = x.shape[:2]
-        if self.order == "pre" and u.lif:
-            x = part[f"{u.name}_lif"](x)
-        x = x.flatten(0, 1)
-        if self.order == "pre" and u.pool:
-            x = part[f"{u.name}_maxpool"](x)
-        x = part[f"{u.name}_bn"](part[f"{u.name}_conv"](x))
-        if self.order == "post" and u.pool:
-            x = part[f"{u.name}_maxpool"](x)
-        if self.order == "post" and u.lif and u.merged_tb:
-            x = lif_on_merged_tb(part[f"{u.name}_lif"], x, T, self.fix_tb_merge)
-            return x.reshape(T, B, *x.shape[1:])
-        x = x.reshape(T, B, *x.shape[1:])
-        if self.order == "post" and u.lif:
-            x = part[f"{u.name}_lif"](x)
-        return x
+        T = x.shape[0]
+        x = part[f"{u.name}_conv"](x.flatten(0, 1))
+        return bn_lif(x, T, part[f"{u.name}_bn"], part.get(f"{u.name}_lif"), part.get(f"{u.name}_maxpool"),
+                      merged_tb=u.merged_tb, fix_tb_merge=self.fix_tb_merge)
+
+    def _forward_pre(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-order units: [LIF -> [pool]] -> conv -> BN each. Each BN is applied at the start
+        of the next unit's segment, so that a compact forward recomputes BN -> LIF -> pool
+        from the convolution's output (see :func:`models.memory.recompute`)."""
+        part = self._modules
+        T = x.shape[0]
+        x, norm = x.flatten(0, 1), None
+        for u in self.units:
+            neuron, pool = part.get(f"{u.name}_lif"), part.get(f"{u.name}_maxpool")
+            if norm is not None or neuron is not None or pool is not None:
+                x = memory.recompute(functools.partial(_norm_lif_pool, T=T, norm=norm, neuron=neuron, pool=pool),
+                                     x, *(m for m in (norm, neuron, pool) if m is not None))
+            x = part[f"{u.name}_conv"](x)
+            norm = part[f"{u.name}_bn"]
+        x = norm(x)
+        return x.reshape(T, -1, *x.shape[1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.order == "pre":
+            return self._forward_pre(x)
         for u in self.units:
             x = self.run(u, x)
         return x
+
+
+def _norm_lif_pool(x: torch.Tensor, T: int, norm, neuron, pool) -> torch.Tensor:
+    """``[T*B, C, ...]`` -> [BN] -> [LIF over T] -> [max-pool] -> ``[T*B, C', ...]``."""
+    if norm is not None:
+        x = norm(x)
+    if neuron is not None:
+        x = neuron(x.reshape(T, -1, *x.shape[1:])).flatten(0, 1)
+    return pool(x) if pool is not None else x
+
+
+def _bn_pool_lif(x: torch.Tensor, T: int, norm, neuron, pool, merged_tb: bool, fix_tb_merge: bool) -> torch.Tensor:
+    x = norm(x)
+    if pool is not None:
+        x = pool(x)
+    if neuron is not None and merged_tb:
+        x = lif_on_merged_tb(neuron, x, T, fix_tb_merge)
+        return x.reshape(T, -1, *x.shape[1:])
+    x = x.reshape(T, -1, *x.shape[1:])
+    return neuron(x) if neuron is not None else x
+
+
+def bn_lif(x: torch.Tensor, T: int, norm: nn.Module, neuron: nn.Module | None = None, pool: nn.Module | None = None,
+           merged_tb: bool = False, fix_tb_merge: bool = False) -> torch.Tensor:
+    """The tail after a convolution: ``[T*B, C, ...]`` -> BN -> [max-pool] -> [LIF] -> ``[T, B, C, ...]``.
+
+    Under compact activation memory only the convolution's output is kept for backward and
+    the tail runs again there (:func:`models.memory.recompute`). ``merged_tb``: the LIF sees T
+    and B merged, as in some originals (see :func:`lif_on_merged_tb`).
+    """
+    fn = functools.partial(_bn_pool_lif, T=T, norm=norm, neuron=neuron, pool=pool, merged_tb=merged_tb,
+                           fix_tb_merge=fix_tb_merge)
+    return memory.recompute(fn, x, *(m for m in (norm, neuron, pool) if m is not None))
 
 
 class SpikingMLP(ConvUnits):
@@ -177,7 +219,7 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads
 
     q, k, v = heads(q), heads(k), heads(v)
     if product == "q_kv":
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        q, k, v = (memory.note_spikes(t.contiguous()) for t in (q, k, v))   # copies of spikes
         x = q @ (k.transpose(-2, -1) @ v)
     elif product == "qk_v" or N <= d:
         x = (q @ k.transpose(-2, -1)) @ v
@@ -237,19 +279,18 @@ class SpikingSelfAttention(nn.Module):
         shape = x.shape
         T, B, C = shape[:3]
         if self.order == "pre":
-            x = self.proj_lif(x)
+            x = memory.recompute(self.proj_lif, x, self.proj_lif)
         x = x.flatten(3) if x.dim() == 5 else x
         N = x.shape[-1]
         flat = x.flatten(0, 1)
-        q, k, v = (self._modules[f"{n}_lif"](
-            self._modules[f"{n}_bn"](self._modules[f"{n}_conv"](flat)).reshape(T, B, C, N))
-            for n in ("q", "k", "v"))
+        q, k, v = (bn_lif(self._modules[f"{n}_conv"](flat), T, self._modules[f"{n}_bn"], self._modules[f"{n}_lif"])
+                   for n in ("q", "k", "v"))
         product = self.product if self.attention_order == "original" else "fast"
         x = spike_attention(q, k, v, self.num_heads, self.attn_lif, product)
-        x = self.proj_bn(self.proj_conv(x.flatten(0, 1)))
+        x = self.proj_conv(x.flatten(0, 1))
         if self.order == "post":
-            x = lif_on_merged_tb(self.proj_lif, x, T, self.fix_tb_merge)
-        return x.reshape(shape)
+            return bn_lif(x, T, self.proj_bn, self.proj_lif, merged_tb=True, fix_tb_merge=self.fix_tb_merge).reshape(shape)
+        return self.proj_bn(x).reshape(shape)
 
 
 class Residual(nn.Module):
@@ -280,34 +321,17 @@ class Residual(nn.Module):
 
     def _run_from_reset(self, x: torch.Tensor) -> torch.Tensor:
         reset_net(self)
-        return self._run(x)
+        with memory.no_recompute():    # the whole block runs again in backward anyway
+            return self._run(x)
 
     def _contexts(self):
         # The recomputation must not update batch-norm running statistics a second time.
-        return contextlib.nullcontext(), _FrozenBatchNormStats(self)
+        return contextlib.nullcontext(), memory.FrozenBatchNormStats([self])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint(self._run_from_reset, x, use_reentrant=False, context_fn=self._contexts)
         return self._run(x)
-
-
-class _FrozenBatchNormStats:
-    """Context: batch norms of `module` normalise with batch statistics but leave their running
-    statistics untouched (momentum 0)."""
-
-    def __init__(self, module: nn.Module):
-        self.norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-    def __enter__(self):
-        self.saved = [(m.momentum, m.num_batches_tracked.clone()) for m in self.norms]
-        for m in self.norms:
-            m.momentum = 0.0
-
-    def __exit__(self, *exc):
-        for m, (momentum, tracked) in zip(self.norms, self.saved):
-            m.momentum = momentum
-            m.num_batches_tracked.copy_(tracked)
 
 
 def set_attention_order(model: nn.Module, attention_order: str) -> nn.Module:

@@ -34,6 +34,8 @@ import warnings
 
 import torch
 from spikingjelly.clock_driven import functional as _sj_functional
+
+from . import memory
 from spikingjelly.clock_driven import neuron as _sj_neuron
 
 BACKENDS = ("auto", "torch", "fused", "cupy", "triton")
@@ -174,6 +176,10 @@ class LIF(_sj_neuron.MultiStepLIFNode):
         self.implementation = None  # what the last call ran: torch, fused, cupy or triton
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        # Spikes are 0/1: a compact training forward stores them as bits (models/memory.py).
+        return memory.note_spikes(self._spikes(x_seq))
+
+    def _spikes(self, x_seq: torch.Tensor) -> torch.Tensor:
         backend = self.implementation = resolve_backend(self.requested_backend, x_seq.device)
         if backend == "triton":
             self.backend = "torch"

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from .base import SpikingClassifier
-from .layers import ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, check_heads
+from .layers import ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, bn_lif, check_heads
 from .neuron import lif
 from .op_counts import token_qk_op_counts, token_qk_spike_ops
 
@@ -69,12 +69,12 @@ class TokenQKAttention(nn.Module):
         T, B, C, H, W = x.shape
         N, h = H * W, self.num_heads
         flat = x.flatten(3).flatten(0, 1)                                   # [T*B, C, N]
-        q = self.q_lif(self.q_bn(self.q_conv(flat)).reshape(T, B, C, N))
-        k = self.k_lif(self.k_bn(self.k_conv(flat)).reshape(T, B, C, N))
+        q = bn_lif(self.q_conv(flat), T, self.q_bn, self.q_lif)                # [T, B, C, N]
+        k = bn_lif(self.k_conv(flat), T, self.k_bn, self.k_lif)
         # Spike counts over each head's channels -> one binary mask per head and token.
         attn = self.attn_lif(q.reshape(T, B, h, C // h, N).sum(dim=3, keepdim=True))
         x = (attn * k.reshape(T, B, h, C // h, N)).reshape(T * B, C, N)
-        return self.proj_lif(self.proj_bn(self.proj_conv(x)).reshape(T, B, C, H, W))
+        return bn_lif(self.proj_conv(x), T, self.proj_bn, self.proj_lif).reshape(T, B, C, H, W)
 
 
 class PatchEmbed(ConvUnits):
@@ -134,15 +134,21 @@ class QKFormer(SpikingClassifier):
         attention_order: ``"original"`` (default: ``Q (K^T V)`` on contiguous heads, as every
             original file, so gradients are bit-identical) or ``"fast"`` (the cheaper order; same
             outputs, gradients within rounding). See :func:`models.layers.spike_attention`.
-        backend: LIF backend, ``"auto"``/``"fused"``/``"torch"``/``"cupy"`` (None: $SNN_LIF_BACKEND).
+        backend: LIF backend, ``"auto"``/``"fused"``/``"torch"``/``"cupy"``/``"triton"``
+            (None: $SNN_LIF_BACKEND).
+        activation_memory: ``"compact"`` (default: spikes saved for backward as bits, cheap
+            batch-norm/neuron steps recomputed in backward; bit-identical) or ``"standard"``.
+            See :mod:`models.memory`.
     """
 
     def __init__(self, layout: str = "imagenet", embed_dim: int = 384, depth: int = 10,
                  num_heads: int = 6, mlp_ratio: float = 4.0, in_chans: int = 3,
                  num_classes: int = 1000, T: int = 4, img_size: int | None = None,
                  fix_tb_merge: bool = False, backend: str | None = None,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, attention_order: str = "original"):
-        super().__init__(layout, num_classes, embed_dim, T, img_size, drop_rate, drop_path_rate)
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, attention_order: str = "original",
+                 activation_memory: str = "compact"):
+        super().__init__(layout, num_classes, embed_dim, T, img_size, drop_rate, drop_path_rate,
+                         activation_memory)
         e = embed_dim
         if layout == "dvs":
             widths, depths = (e // 2, e), (1, depth - 1)

@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from .base import SpikingClassifier
 from .layers import (ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, check_attention_order,
-                     check_heads, max_pool, spike_attention)
+                     bn_lif, check_heads, max_pool, spike_attention)
 from .neuron import lif
 from .op_counts import ssa_op_counts, ssa_spike_ops
 
@@ -44,11 +44,7 @@ class Conv3x3(nn.Module):
         self.lif = lif()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T, B = x.shape[:2]
-        x = self.bn(self.conv3x3(x.flatten(0, 1)))
-        if "pool" in self._modules:
-            x = self.pool(x)
-        return self.lif(x.reshape(T, B, *x.shape[1:]))
+        return bn_lif(self.conv3x3(x.flatten(0, 1)), x.shape[0], self.bn, self.lif, self._modules.get("pool"))
 
 
 class DWConv3x3(Conv3x3):
@@ -68,9 +64,7 @@ class Conv1x1(nn.Module):
         self.lif = lif()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T, B = x.shape[:2]
-        x = self.bn(self.conv1x1(x.flatten(0, 1)))
-        return self.lif(x.reshape(T, B, *x.shape[1:]))
+        return bn_lif(self.conv1x1(x.flatten(0, 1)), x.shape[0], self.bn, self.lif)
 
 
 class ConvMLP(nn.Module):
@@ -206,18 +200,24 @@ class SGLFormer(SpikingClassifier):
         attention_order: ``"original"`` (default: each attention product in the original file's
             order and layout, so gradients are bit-identical) or ``"fast"`` (the cheaper order;
             same outputs, gradients within rounding). See :func:`models.layers.spike_attention`.
-        backend: LIF backend, ``"auto"``/``"fused"``/``"torch"``/``"cupy"`` (None: $SNN_LIF_BACKEND).
+        backend: LIF backend, ``"auto"``/``"fused"``/``"torch"``/``"cupy"``/``"triton"``
+            (None: $SNN_LIF_BACKEND).
+        activation_memory: ``"compact"`` (default: spikes saved for backward as bits, cheap
+            batch-norm/neuron steps recomputed in backward; bit-identical) or ``"standard"``.
+            See :mod:`models.memory`.
     """
 
     def __init__(self, layout: str = "cifar", embed_dim: int = 384, depth: int = 1,
                  num_heads: int = 16, mlp_ratio: float = 4.0, in_chans: int = 3,
                  num_classes: int = 10, T: int = 4, img_size: int | None = None,
                  stem_pool: str = "late", fix_tb_merge: bool = False, backend: str | None = None,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, attention_order: str = "original"):
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, attention_order: str = "original",
+                 activation_memory: str = "compact"):
         if stem_pool not in ("early", "late"):
             raise ValueError(f"stem_pool must be 'early' or 'late', not {stem_pool!r}")
         img_size = img_size or {"imagenet": 224, "cifar": 32, "dvs": 128}.get(layout)
-        super().__init__(layout, num_classes, embed_dim, T, img_size, drop_rate, drop_path_rate)
+        super().__init__(layout, num_classes, embed_dim, T, img_size, drop_rate, drop_path_rate,
+                         activation_memory)
         e = embed_dim
         if layout == "imagenet":
             if depth < 3:

@@ -48,15 +48,21 @@ class Spikingformer(SpikingClassifier):
         attention_order: ``"original"`` (default: the original file's attention product,
             ``Q (K^T V)`` for ImageNet and ``(Q K^T) V`` for CIFAR/DVS, so gradients are
             bit-identical) or ``"fast"`` (the cheaper order; same outputs, gradients within rounding).
-        backend: LIF backend, ``"auto"``/``"fused"``/``"torch"``/``"cupy"`` (None: $SNN_LIF_BACKEND).
+        backend: LIF backend, ``"auto"``/``"fused"``/``"torch"``/``"cupy"``/``"triton"``
+            (None: $SNN_LIF_BACKEND).
+        activation_memory: ``"compact"`` (default: spikes saved for backward as bits, cheap
+            batch-norm/neuron steps recomputed in backward; bit-identical) or ``"standard"``.
+            See :mod:`models.memory`.
     """
 
     def __init__(self, layout: str = "imagenet", embed_dim: int = 384, depth: int = 8,
                  num_heads: int = 12, mlp_ratio: float = 4.0, in_chans: int = 3,
                  num_classes: int = 1000, T: int = 4, img_size: int | None = None,
                  fix_tb_merge: bool = False, backend: str | None = None,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, attention_order: str = "original"):
-        super().__init__(layout, num_classes, embed_dim, T, img_size, drop_rate, drop_path_rate)
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, attention_order: str = "original",
+                 activation_memory: str = "compact"):
+        super().__init__(layout, num_classes, embed_dim, T, img_size, drop_rate, drop_path_rate,
+                         activation_memory)
         tau = 1.5 if layout == "dvs" else 2.0
         product = "q_kv" if layout == "imagenet" else "qk_v"
         self.patch_embed = _tokenizer(layout, in_chans, embed_dim, tau)
