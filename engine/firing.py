@@ -6,6 +6,7 @@ from collections import OrderedDict
 import torch
 
 from models import LIF
+from models.memory import recomputing
 
 from .distributed import all_reduce_sum
 
@@ -26,6 +27,8 @@ class FiringRates:
 
     def _hook(self, name: str):
         def record(module, inputs, output):
+            if recomputing():      # a compact forward's backward runs some neurons again: count once
+                return
             self.spikes[name] += output.detach().float().sum().item()
             self.counts[name] += output.numel()
         return record

@@ -183,7 +183,8 @@ class SpikePacker(torch.autograd.graph.saved_tensors_hooks):
     def __enter__(self):
         self.outer = getattr(_state, "packer", None)
         _state.packer = self
-        return super().__enter__()
+        super().__enter__()
+        return self
 
     def __exit__(self, *exc):
         _state.packer = self.outer

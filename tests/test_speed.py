@@ -57,7 +57,8 @@ def test_gradient_checkpointing_changes_nothing_but_memory(name):
     runs = []
     for ckpt in (False, True):
         torch.manual_seed(0)
-        model = models.build(name, **small(name)).train()
+        # standard storage: the hooks below count what autograd saves (compact mode packs it itself)
+        model = models.build(name, activation_memory="standard", **small(name)).train()
         model.set_grad_checkpointing(ckpt)
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
@@ -73,18 +74,31 @@ def test_gradient_checkpointing_changes_nothing_but_memory(name):
 
 
 def test_benchmark_tool(tmp_path):
-    report = benchmark.main(["--model", "qkformer_cifar_4_384", "--embed-dim", "32", "--depth", "3", "--T", "2",
-                             "--img-size", "16", "--batch-size", "4", "--repeats", "2", "--warmup", "1",
-                             "--setups", "reference", "fused", "fused+bf16", "fused+ckpt",
+    report = benchmark.main(["--model", "qkformer_cifar_4_384", "--embed-dim", "48", "--depth", "3", "--T", "2",
+                             "--img-size", "32", "--batch-size", "4", "--repeats", "2", "--warmup", "1",
+                             "--setups", "reference", "default", "default+bf16", "default+ckpt", "fused+standard",
                              "--json", str(tmp_path / "b.json")])
     rows = {r["setup"]: r for r in report["results"]}
-    assert list(rows) == ["reference", "fused", "fused+bf16", "fused+ckpt"]
-    assert rows["fused"]["deviation"] == {"logits": 0.0, "grads": 0.0}
-    assert rows["fused+ckpt"]["deviation"] == {"logits": 0.0, "grads": 0.0}
-    assert rows["fused+ckpt"]["activation_mb"] < 0.5 * rows["reference"]["activation_mb"]
-    assert rows["fused+bf16"]["activation_mb"] < rows["fused"]["activation_mb"]
+    assert list(rows) == ["reference", "default", "default+bf16", "default+ckpt", "fused+standard"]
+    assert rows["reference"]["settings"]["activation_memory"] == "standard"
+    assert rows["default"]["settings"]["activation_memory"] == "compact"
+    for name in ("default", "default+ckpt", "fused+standard"):
+        assert rows[name]["deviation"] == {"logits": 0.0, "grads": 0.0}, name
+    assert rows["default+bf16"]["deviation"]["grads"] > 0
+    # what the forward leaves for backward: bits and recomputed tails, then block checkpointing
+    assert rows["default"]["saved_mb"] < 0.5 * rows["reference"]["saved_mb"]
+    assert rows["default+ckpt"]["saved_mb"] < rows["default"]["saved_mb"]
+    assert rows["default"]["peak_mb"] < rows["reference"]["peak_mb"]
     assert all(r["train_img_s"] > 0 and len(r["train_s"]) == 2 for r in rows.values())
     assert json.loads((tmp_path / "b.json").read_text())["results"][0]["train_time_vs_reference"] == 1.0
+
+
+def test_benchmark_setup_names():
+    assert benchmark.parse_setup("reference") == dict(benchmark.parse_setup("torch+fp32+standard"), name="reference")
+    default = benchmark.parse_setup("default+ckpt")
+    assert (default["backend"], default["precision"], default["activation_memory"], default["ckpt"]) == \
+        ("auto", "fp32", "compact", True)
+    assert benchmark.parse_setup("cupy+fp16+standard")["activation_memory"] == "standard"
 
 
 def test_benchmark_rejects_unknown_setup():

@@ -4,27 +4,34 @@
     python -m tools.benchmark --model qkformer_10_384 --device cuda --setups reference cupy cupy+fp16+ckpt
 
 A setup is a '+'-joined list of: a neuron backend (``torch``: spikingjelly's loop, ``fused``,
-``cupy``, ``triton``, ``auto``), a precision (``fp32``, ``bf16``, ``fp16``: autocast), ``ckpt``
-(gradient checkpointing of every block), ``cl`` (channels_last weights and input), ``fastattn``
-(``attention_order="fast"``: the cheaper association order of the attention products instead of
-the original files'), ``compile`` (torch.compile) and ``cudagraphs`` (torch.compile with CUDA
-graphs, mode "reduce-overhead").
-``reference`` is ``torch+fp32``:
-our model with every optimisation off, i.e. the original implementation's forward/backward
-semantics. All setups start from the same weights; their timings are interleaved (reference, A,
-B, reference, A, B, ...) so that load on a shared machine affects them alike, and each setup's
-logits and gradients on one batch are compared with the reference's.
+``cupy``, ``triton``, ``auto``), a precision (``fp32``, ``bf16``, ``fp16``: autocast), the
+activation memory (``compact``, the models' default, or ``standard``: see models/memory.py),
+``ckpt`` (gradient checkpointing of every block), ``cl`` (channels_last weights and input),
+``fastattn`` (``attention_order="fast"``: the cheaper association order of the attention products
+instead of the original files'), ``compile`` (torch.compile) and ``cudagraphs`` (torch.compile
+with CUDA graphs, mode "reduce-overhead"). Unnamed parts are torch, fp32 and compact.
+``reference`` is ``torch+fp32+standard``: our model with every optimisation off, i.e. the
+original implementation's numerics and storage. ``default`` is ``auto+fp32+compact``: what a
+model runs with when nothing is set. All setups start from the same weights; their timings are
+interleaved (reference, A, B, reference, A, B, ...) so that load on a shared machine affects them
+alike, and each setup's logits and gradients on one batch are compared with the reference's.
 
 Reported per setup: median train-step time (forward, backward, AdamW step, neuron reset) and
-images/s; median inference time; activation memory (CUDA: peak allocated during a train step;
-CPU: bytes autograd saves for the backward); deviation from the reference.
+images/s; median inference time; memory saved for backward (what the forward leaves allocated
+for the backward: CUDA allocated bytes, CPU heap bytes from glibc's mallinfo2); peak memory of a
+train step above the resting level (CUDA: peak allocated; CPU: peak RSS of a fresh process per
+setup, ``--no-peak`` skips it); deviation from the reference (0 = bit-identical).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import gc
 import json
+import os
 import platform
+import subprocess
 import statistics
 import sys
 import time
@@ -43,17 +50,23 @@ from models.neuron import BACKENDS  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKENDS = ("torch", "fused", "cupy", "triton", "auto")
+MEMORY = ("compact", "standard")
+ALIASES = {"reference": "torch+fp32+standard", "default": "auto+fp32+compact"}
 
 
 def parse_setup(spec: str) -> dict:
-    parts = ["torch", "fp32"] if spec == "reference" else spec.split("+")
+    """A setup name -> its settings; ``reference``/``default`` may start a name (``default+ckpt``)."""
+    head, _, rest = spec.partition("+")
+    parts = ALIASES[head].split("+") + (rest.split("+") if rest else []) if head in ALIASES else spec.split("+")
     setup = {"name": spec, "backend": "torch", "precision": "fp32", "ckpt": False, "compile": False,
-             "cl": False, "cudagraphs": False, "attention_order": "original"}
+             "cl": False, "cudagraphs": False, "attention_order": "original", "activation_memory": "compact"}
     for part in parts:
         if part in BACKENDS:
             setup["backend"] = part
         elif part in PRECISIONS:
             setup["precision"] = part
+        elif part in MEMORY:
+            setup["activation_memory"] = part
         elif part in ("ckpt", "compile", "cl", "cudagraphs"):
             setup[part] = True
         elif part == "fastattn":
@@ -65,8 +78,37 @@ def parse_setup(spec: str) -> dict:
 
 def default_setups(device: torch.device) -> list[str]:
     if device.type == "cuda":
-        return ["reference", "cupy", "cupy+fp16", "cupy+fp16+ckpt", "triton+fp16"]
-    return ["reference", "fused", "fused+bf16", "fused+bf16+ckpt"]
+        return ["reference", "cupy+fp16+standard", "default", "default+fp16", "default+bf16", "default+ckpt"]
+    return ["reference", "default", "default+bf16", "default+ckpt", "fused+standard"]
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _heap_reader():
+    """Bytes the C heap has handed out (glibc's mallinfo2: mmapped + arena blocks in use), or None."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+    except (OSError, AttributeError):
+        return None
+
+    def used() -> int:
+        info = libc.mallinfo2()
+        return info.hblkhd + info.uordblks
+    return used
+
+
+HEAP_BYTES = _heap_reader()
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
 
 
 class Runner:
@@ -74,7 +116,8 @@ class Runner:
 
     def __init__(self, setup: dict, build, state: dict, device: torch.device):
         self.setup = setup
-        self.model = build(backend=setup["backend"], attention_order=setup["attention_order"]).to(device)
+        self.model = build(backend=setup["backend"], attention_order=setup["attention_order"],
+                           activation_memory=setup["activation_memory"]).to(device)
         self.model.load_state_dict(state)
         self.model.set_grad_checkpointing(setup["ckpt"])
         self.layout = torch.channels_last if setup.get("cl") else torch.contiguous_format
@@ -132,30 +175,45 @@ class Runner:
         self.sync()
         return time.perf_counter() - start
 
-    def activation_bytes(self, x, y) -> int:
-        """CUDA: peak memory of a train step above the resting level; CPU: saved-for-backward bytes."""
+    def saved_bytes(self, x, y) -> int | None:
+        """Memory the forward leaves allocated for the backward (CUDA: allocated bytes; CPU: C
+        heap bytes), measured between the forward and the backward of one train step."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        cuda = self.device.type == "cuda"
+        if not cuda and HEAP_BYTES is None:
+            return None
+        self.sync()
+        before = torch.cuda.memory_allocated(self.device) if cuda else HEAP_BYTES()
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with self.autocast():
+            out = self.forward(x.contiguous(memory_format=self.layout) if x.dim() == 4 else x)
+            loss = torch.nn.functional.cross_entropy(out.float(), y)
+        self.sync()
+        used = (torch.cuda.memory_allocated(self.device) if cuda else HEAP_BYTES()) - before
+        self.scaler.scale(loss).backward()
+        del out, loss
+        models.reset_net(self.model)
+        self.optimizer.zero_grad(set_to_none=True)
+        return used
+
+    def peak_bytes(self, x, y) -> int:
+        """Peak memory of one train step above the level before it (CUDA: allocated; CPU: the
+        process's peak RSS, reset through /proc/self/clear_refs: run in a fresh process)."""
+        self.train_step(x, y)                  # optimizer state and caches exist from here on
+        gc.collect()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             base = torch.cuda.memory_allocated(self.device)
-            self.loss_and_backward(x, y)
-            torch.cuda.synchronize(self.device)
-            used = torch.cuda.max_memory_allocated(self.device) - base
-        else:
-            storages = {}
-
-            def pack(t):
-                if t.device.type == "cpu" and not isinstance(t, torch.nn.Parameter):
-                    storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-                return t
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                self.loss_and_backward(x, y)
-            used = sum(storages.values())
-        models.reset_net(self.model)
-        self.optimizer.zero_grad(set_to_none=True)
-        return used
+            self.train_step(x, y)
+            return torch.cuda.max_memory_allocated(self.device) - base
+        Path("/proc/self/clear_refs").write_text("5")      # peak RSS := current RSS
+        base = _status_kb("VmRSS")
+        self.train_step(x, y)
+        return (_status_kb("VmHWM") - base) * 1024
 
     def outputs_and_grads(self, x, y):
         self.model.train()
@@ -177,15 +235,16 @@ def deviation(a, b) -> dict:
             "grads": (num / max(den, 1e-30)) ** 0.5}
 
 
-def run(args) -> dict:
+def prepare(args):
+    """(device, build, weights, x, y, template facts) for the run: the same in every process."""
     device = pick_device(args.device, 0)
     torch.manual_seed(args.seed)
     overrides = {k: v for k, v in dict(T=args.T, img_size=args.img_size, embed_dim=args.embed_dim,
                                         depth=args.depth, num_heads=args.num_heads).items() if v is not None}
 
-    def build(backend, attention_order="original"):
+    def build(backend, attention_order="original", activation_memory="compact"):
         return build_model(Config(model=args.model, backend=backend, attention_order=attention_order,
-                                  **overrides), None)
+                                  activation_memory=activation_memory, **overrides), None)
 
     template = build("torch")
     state = template.state_dict()
@@ -196,8 +255,30 @@ def run(args) -> dict:
     else:
         x = torch.randn(args.batch_size, 3, size, size, generator=g)
     y = torch.randint(0, template.num_classes, (args.batch_size,), generator=g)
-    x, y = x.to(device), y.to(device)
+    facts = {"overrides": overrides, "img_size": size, "T": template.T}
+    del template
+    return device, build, state, x.to(device), y.to(device), facts
 
+
+def peak_in_fresh_process(args, spec: str) -> float | None:
+    """Peak MB of one train step of `spec`, measured in a new Python process (CPU RSS peaks
+    cannot be reset for one allocation pattern inside a process that ran others)."""
+    argv = [sys.executable, "-m", "tools.benchmark", "--peak-of", spec, "--model", args.model,
+            "--batch-size", str(args.batch_size), "--device", args.device, "--seed", str(args.seed)]
+    for flag in ("img_size", "T", "embed_dim", "depth", "num_heads"):
+        if getattr(args, flag) is not None:
+            argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, env=env)
+    if proc.returncode != 0:
+        print(f"warning: peak memory of {spec} not measured: {proc.stderr.strip().splitlines()[-1:]}",
+              file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"]
+
+
+def run(args) -> dict:
+    device, build, state, x, y, facts = prepare(args)
     setups = [parse_setup(s) for s in (args.setups or default_setups(device))]
     if setups[0]["name"] != "reference":
         setups.insert(0, parse_setup("reference"))
@@ -205,8 +286,10 @@ def run(args) -> dict:
     reference = runners[0].outputs_and_grads(x, y)
     results = []
     for r in runners:
-        results.append({"setup": r.setup["name"], "deviation": deviation(r.outputs_and_grads(x, y), reference),
-                        "activation_mb": r.activation_bytes(x, y) / 2**20, "train_s": [], "infer_s": []})
+        saved = r.saved_bytes(x, y)
+        results.append({"setup": r.setup["name"], "settings": {k: v for k, v in r.setup.items() if k != "name"},
+                        "deviation": deviation(r.outputs_and_grads(x, y), reference),
+                        "saved_mb": None if saved is None else saved / 2**20, "train_s": [], "infer_s": []})
     for r in runners:                                   # warm-up (and compilation)
         for _ in range(args.warmup):
             r.train_step(x, y)
@@ -215,33 +298,51 @@ def run(args) -> dict:
         for r, res in zip(runners, results):
             res["train_s"].append(r.train_step(x, y))
             res["infer_s"].append(r.infer_step(x))
-    ref_train = statistics.median(results[0]["train_s"])
-    ref_infer = statistics.median(results[0]["infer_s"])
+    for r, res in zip(runners, results):
+        if device.type == "cuda":
+            res["peak_mb"] = r.peak_bytes(x, y) / 2**20
+        else:
+            res["peak_mb"] = peak_in_fresh_process(args, res["setup"]) if args.peak else None
+    del runners
+    ref = results[0]
     for res in results:
         res["train_median_s"] = statistics.median(res["train_s"])
         res["infer_median_s"] = statistics.median(res["infer_s"])
         res["train_img_s"] = args.batch_size / res["train_median_s"]
         res["infer_img_s"] = args.batch_size / res["infer_median_s"]
-        res["train_time_vs_reference"] = res["train_median_s"] / ref_train
-        res["infer_time_vs_reference"] = res["infer_median_s"] / ref_infer
-        res["activation_vs_reference"] = res["activation_mb"] / max(results[0]["activation_mb"], 1e-9)
-    return {"model": args.model, "overrides": overrides, "batch_size": args.batch_size, "img_size": size,
-            "T": template.T, "device": str(device),
+        res["train_time_vs_reference"] = res["train_median_s"] / ref["train_median_s"]
+        res["infer_time_vs_reference"] = res["infer_median_s"] / ref["infer_median_s"]
+        for key in ("saved_mb", "peak_mb"):
+            ok = res[key] is not None and ref[key]
+            res[key.replace("_mb", "_vs_reference")] = res[key] / ref[key] if ok else None
+    return {"model": args.model, "overrides": facts["overrides"], "batch_size": args.batch_size,
+            "img_size": facts["img_size"], "T": facts["T"], "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
             or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "repeats": args.repeats, "warmup": args.warmup, "results": results}
+
+
+def peak_only(args) -> dict:
+    device, build, state, x, y, _ = prepare(args)
+    runner = Runner(parse_setup(args.peak_of), build, state, device)
+    return {"setup": args.peak_of, "peak_mb": runner.peak_bytes(x, y) / 2**20}
+
+
+def _mb(value, ratio) -> str:
+    return f"{'-':>8} {'-':>5}" if value is None else f"{value:8.1f} {ratio:5.2f}"
 
 
 def format_table(report: dict) -> str:
     head = (f"{report['model']}  batch {report['batch_size']}, {report['img_size']} px, T={report['T']}, "
             f"{report['device']} ({report['device_name']}, {report['threads']} threads), "
             f"median of {report['repeats']}")
-    rows = [head, f"{'setup':<22} {'train img/s':>11} {'step ms':>9} {'x ref':>6} {'infer img/s':>11} "
-                  f"{'x ref':>6} {'act. MB':>8} {'x ref':>6} {'logits dev':>10} {'grad dev':>9}"]
+    rows = [head, f"{'setup':<24} {'train img/s':>11} {'step ms':>9} {'x ref':>6} {'infer img/s':>11} "
+                  f"{'x ref':>6} {'saved MB':>8} {'x ref':>5} {'peak MB':>8} {'x ref':>5} {'logits dev':>10} "
+                  f"{'grad dev':>9}"]
     for r in report["results"]:
-        rows.append(f"{r['setup']:<22} {r['train_img_s']:11.2f} {1000 * r['train_median_s']:9.1f} "
+        rows.append(f"{r['setup']:<24} {r['train_img_s']:11.2f} {1000 * r['train_median_s']:9.1f} "
                     f"{r['train_time_vs_reference']:6.2f} {r['infer_img_s']:11.2f} {r['infer_time_vs_reference']:6.2f} "
-                    f"{r['activation_mb']:8.1f} {r['activation_vs_reference']:6.2f} "
+                    f"{_mb(r['saved_mb'], r['saved_vs_reference'])} {_mb(r['peak_mb'], r['peak_vs_reference'])} "
                     f"{r['deviation']['logits']:10.2e} {r['deviation']['grads']:9.2e}")
     return "\n".join(rows)
 
@@ -262,7 +363,13 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the report here")
+    p.add_argument("--no-peak", dest="peak", action="store_false",
+                   help="CPU: skip the peak-memory runs (one fresh process per setup)")
+    p.add_argument("--peak-of", help=argparse.SUPPRESS)   # internal: one setup's peak, in this process
     args = p.parse_args(argv)
+    if args.peak_of:
+        print(json.dumps(peak_only(args)))
+        return {}
     try:
         report = run(args)
     except ConfigError as exc:

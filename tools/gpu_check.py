@@ -55,7 +55,10 @@ from models import neuron  # noqa: E402
 from tools.benchmark import Runner, deviation, parse_setup  # noqa: E402
 
 FAMILIES = ("qkformer_10_384", "spikingformer_8_384", "sglformer_8_384")
-MAIN_SETUPS = ("reference", "cupy+fp16", "triton", "triton+fp16", "triton+bf16")
+# reference: spikingjelly's loop, float32, autograd's usual storage; cupy+fp16+standard: what the
+# originals ran; the others use the models' default compact activation memory (models/memory.py).
+CUPY_FP16 = "cupy+fp16+standard"
+MAIN_SETUPS = ("reference", CUPY_FP16, "triton+standard", "triton", "triton+fp16", "triton+bf16")
 CANDIDATES = ("triton+cl", "triton+fp16+ckpt", "triton+fp16+cl", "triton+fp16+compile", "triton+compile",
               "triton+fp16+cudagraphs")
 SJ2_RTX4090_MS = {4: 0.77, 16: 1.70, 32: 3.37}   # spikingjelly 2.0's published Triton LIF figures
@@ -314,8 +317,9 @@ def measure_setups(ctx, name: str, setups, out: dict) -> None:
     kwargs = family_kwargs(name, tiny)
     batch = 2 if tiny else 32
 
-    def build(backend, attention_order="original"):
-        return models.build(name, backend=backend, attention_order=attention_order, **kwargs)
+    def build(backend, attention_order="original", activation_memory="compact"):
+        return models.build(name, backend=backend, attention_order=attention_order,
+                            activation_memory=activation_memory, **kwargs)
 
     template = build("torch")
     state = {k: v.clone() for k, v in template.state_dict().items()}
@@ -369,7 +373,7 @@ def measure_setups(ctx, name: str, setups, out: dict) -> None:
                     runner.train_step(x, y)
                     row["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
                 if not tiny:
-                    row["activation_mb"] = runner.activation_bytes(x, y) / 2**20
+                    row["saved_mb"] = runner.saved_bytes(x, y) / 2**20
                 row.update(status="ok", step_ms=1000 * statistics.median(times), steps_ms=[1000 * t for t in times],
                            img_s=batch / statistics.median(times))
         except (Exception, PartTimeout) as exc:   # out of memory, compile errors, time: record, go on
@@ -391,7 +395,7 @@ def part_train(ctx, name: str) -> dict:
 
 def add_ratios(setups: dict) -> None:
     ref = setups.get("reference", {})
-    cupy = setups.get("cupy+fp16", {})
+    cupy = setups.get(CUPY_FP16, {})
     for row in setups.values():
         if row.get("status") != "ok":
             continue
@@ -465,14 +469,14 @@ def part_best(ctx) -> dict:
     main = ctx["report"].data["parts"].get(f"train_{name}", {}).get("result", {}).get("setups", {})
     result["setups"].update(main)
     # the baselines, if the family's part did not run (e.g. --parts best)
-    missing = [s for s in ("reference", "cupy+fp16") if s not in main]
+    missing = [s for s in ("reference", CUPY_FP16) if s not in main]
     measure_setups(ctx, name, missing + list(CANDIDATES), result["setups"])
     setups = result["setups"]
     add_ratios(setups)
     ok = {k: v for k, v in setups.items() if v.get("status") == "ok" and k != "reference"}
     exact = {k: v for k, v in ok.items() if v.get("bit_equal") and parse_setup(k)["precision"] == "fp32"}
     mixed = {k: v for k, v in ok.items() if parse_setup(k)["precision"] != "fp32" and not k.startswith("cupy")}
-    ref, cupy = setups.get("reference", {}), setups.get("cupy+fp16", {})
+    ref, cupy = setups.get("reference", {}), setups.get(CUPY_FP16, {})
     summary = {}
     if exact:
         best = min(exact, key=lambda k: exact[k]["step_ms"])

@@ -1,0 +1,184 @@
+"""Compact activation memory (models/memory.py): the same bits as autograd's usual storage, less of it."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import models
+from engine.firing import FiringRates
+from models import memory
+from reference import TINY, fill_weights
+
+
+def tiny_model(name: str, **kwargs):
+    cls, kw, _, _ = TINY[name]
+    model = getattr(models, cls)(**kw, **kwargs)
+    fill_weights(model)
+    return model.train()
+
+
+def tiny_input(name: str) -> torch.Tensor:
+    _, _, shape, kind = TINY[name]
+    g = torch.Generator().manual_seed(1)
+    if kind == "image":
+        return torch.randn(*shape, generator=g)
+    return (torch.rand(*shape, generator=g) < 0.3).float()
+
+
+def step(model, x, autocast=None):
+    """Logits, every parameter gradient, every buffer after one forward/backward."""
+    ctx = torch.autocast("cpu", dtype=autocast) if autocast else torch.autocast("cpu", enabled=False)
+    with ctx:
+        out = model(x)
+    out.float().square().sum().backward()
+    return (out.detach(), [p.grad for p in model.parameters()],
+            {k: v.clone() for k, v in model.state_dict().items()})
+
+
+def assert_same_bits(a, b):
+    (out_a, grads_a, state_a), (out_b, grads_b, state_b) = a, b
+    assert torch.equal(out_a, out_b)
+    assert len(grads_a) == len(grads_b)
+    for i, (ga, gb) in enumerate(zip(grads_a, grads_b)):
+        assert (ga is None) == (gb is None), i
+        assert ga is None or torch.equal(ga, gb), f"gradient {i} differs"
+    assert state_a.keys() == state_b.keys()
+    for k in state_a:   # BN running statistics: updated once, by the first forward only
+        assert torch.equal(state_a[k], state_b[k]), k
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_compact_is_bit_identical_to_standard(name):
+    x = tiny_input(name)
+    standard = step(tiny_model(name, backend="fused", activation_memory="standard"), x)
+    assert_same_bits(standard, step(tiny_model(name, backend="fused"), x))
+    ckpt = tiny_model(name, backend="fused")
+    ckpt.set_grad_checkpointing(True)
+    assert_same_bits(standard, step(ckpt, x))
+
+
+@pytest.mark.parametrize("name", ["qkformer_cifar", "spikingformer_cifar100", "sglformer_imagenet_late"])
+def test_compact_with_spikingjellys_loop_and_bf16(name):
+    x = tiny_input(name)
+    assert_same_bits(step(tiny_model(name, backend="torch", activation_memory="standard"), x),
+                     step(tiny_model(name, backend="torch"), x))
+    assert_same_bits(step(tiny_model(name, backend="fused", activation_memory="standard"), x, torch.bfloat16),
+                     step(tiny_model(name, backend="fused"), x, torch.bfloat16))
+
+
+@pytest.mark.parametrize("name", ["qkformer_cifar", "spikingformer_cifar", "sglformer_cifar"])
+def test_compact_forward_packs_spikes_as_bits_and_counts_as_integers(name):
+    x = tiny_input(name)
+    model = tiny_model(name, backend="fused", activation_memory="standard")
+    with memory.SpikePacker() as packer:      # what a compact forward installs, with its stats visible
+        result = step(model, x)
+    assert_same_bits(step(tiny_model(name, backend="fused", activation_memory="standard"), x), result)
+    count, bytes_in, bytes_out = packer.stats["bits"]
+    assert count > 0 and bytes_out <= bytes_in / 8 + count      # 1 bit per element (8 or 32 before)
+    if name != "spikingformer_cifar":        # its residual stream is real-valued: no counts there
+        assert packer.stats["int"][0] > 0
+
+
+def test_standard_mode_eval_and_no_grad_install_nothing(monkeypatch):
+    made = []
+    monkeypatch.setattr(memory, "SpikePacker", lambda: made.append(1) or memory.contextlib.nullcontext())
+    x = tiny_input("qkformer_cifar")
+    tiny_model("qkformer_cifar", activation_memory="standard")(x)
+    tiny_model("qkformer_cifar").eval()(x)
+    with torch.no_grad():
+        tiny_model("qkformer_cifar")(x)
+    assert made == []
+    tiny_model("qkformer_cifar")(x)
+    assert made == [1]
+
+
+def test_activation_memory_is_checked_and_switchable():
+    with pytest.raises(ValueError, match="activation_memory must be one of compact, standard"):
+        tiny_model("qkformer_cifar", activation_memory="bits")
+    model = tiny_model("qkformer_cifar")
+    assert model.activation_memory == "compact"
+    memory.set_activation_memory(model, "standard")
+    assert model.activation_memory == "standard"
+
+
+def roundtrip(t: torch.Tensor, announce: bool = False):
+    packer = memory.SpikePacker()
+    with packer:
+        if announce:
+            memory.note_spikes(t)
+        packed = packer.pack(t)
+    out = packer.unpack(packed)
+    return packed, out
+
+
+def assert_same_tensor(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_pack_forms_round_trip_exactly(dtype):
+    g = torch.Generator().manual_seed(0)
+    spikes = (torch.rand(3, 5, 16, 37, generator=g) < 0.3).to(dtype)
+    counts = torch.randint(0, 5, (4, 8, 300), generator=g).to(dtype)           # spike counts 0..4
+    wide = torch.randint(-300, 300, (4, 8, 300), generator=g).to(dtype)
+    if dtype in (torch.float16, torch.bfloat16):
+        wide = wide.clamp(-250, 250)                                           # exact in 16-bit floats
+    for t, kind, code in ((spikes, "bits", torch.uint8), (counts, "int", torch.uint8),
+                          (wide, "int", torch.int16 if dtype != torch.bfloat16 else torch.int16)):
+        packed, out = roundtrip(t)
+        assert isinstance(packed, memory._Packed) and packed.kind == kind and packed.data.dtype == code
+        assert_same_tensor(out, t)
+    packed, out = roundtrip(spikes, announce=True)
+    assert packed.kind == "bits" and packed.nbytes() * 8 < spikes.numel() + 64
+    assert_same_tensor(out, spikes)
+
+
+def test_layouts_round_trip_with_their_strides():
+    g = torch.Generator().manual_seed(0)
+    base = (torch.rand(4, 6, 20, 20, generator=g) < 0.5).float()
+    for t in (base.contiguous(memory_format=torch.channels_last), base.permute(1, 0, 3, 2), base[:, :, 3]):
+        t = t if t.numel() >= memory.MIN_NUMEL else t.repeat(1, 1, 16)
+        packed, out = roundtrip(t)
+        assert isinstance(packed, memory._Packed)
+        assert_same_tensor(out, t)
+    expanded = base[:1].expand(16, -1, -1, -1)             # overlapping memory: kept as it is
+    packed, out = roundtrip(expanded)
+    assert packed is expanded
+
+
+def test_non_integer_values_never_get_a_compact_form():
+    g = torch.Generator().manual_seed(0)
+    spikes = (torch.rand(128, 128, generator=g) < 0.5).float()
+    half = spikes.clone()
+    half.view(-1)[12345] = 0.5             # one non-binary element, off the sampled positions
+    assert 12345 % (half.numel() // memory.SAMPLE) != 0
+    nan = spikes.clone()
+    nan.view(-1)[777] = float("nan")
+    big = spikes * 40000
+    for t in (half, nan, big, torch.randn(128, 128, generator=g)):
+        packed, out = roundtrip(t)
+        assert packed is t
+    # an announced spike tensor changed in place afterwards is no longer trusted
+    packer = memory.SpikePacker()
+    with packer:
+        memory.note_spikes(spikes)
+        spikes.mul_(0.5)
+        packed = packer.pack(spikes)
+    assert not (isinstance(packed, memory._Packed) and packed.kind == "bits")
+    assert torch.equal(packer.unpack(packed), spikes)
+    # bool masks (the fused neuron's saved spikes) are bits
+    mask = torch.rand(64, 128, generator=g) < 0.5
+    packed, out = roundtrip(mask)
+    assert packed.kind == "bits" and out.dtype == torch.bool and torch.equal(out, mask)
+
+
+def test_firing_rates_count_each_forward_once():
+    x = tiny_input("sglformer_cifar")
+    counts = []
+    for mode in ("standard", "compact"):
+        model = tiny_model("sglformer_cifar", backend="fused", activation_memory=mode)
+        with FiringRates(model) as meter:
+            model(x).square().sum().backward()
+        counts.append(dict(meter.counts))
+    assert counts[0] == counts[1]
