@@ -94,12 +94,17 @@ class SpikingClassifier(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each transformer block in the backward pass instead of storing its
-        activations (timm's API). Outputs and gradients are unchanged."""
-        from .layers import Residual
-        for module in self.modules():
-            if isinstance(module, Residual):
-                module.grad_checkpointing = enable
+        """Recompute each transformer block, patch embedding and stem in the backward pass
+        instead of storing its activations (timm's API). Outputs and gradients are unchanged."""
+        from .layers import Checkpointable
+
+        def mark(module: nn.Module) -> None:     # the outermost checkpointable parts only
+            for child in module.children():
+                if isinstance(child, Checkpointable):
+                    child.grad_checkpointing = enable
+                else:
+                    mark(child)
+        mark(self)
 
     def set_activation_memory(self, mode: str) -> None:
         """``"compact"`` or ``"standard"`` (see :mod:`models.memory`); outputs and gradients are

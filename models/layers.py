@@ -72,7 +72,36 @@ def lif_on_merged_tb(neuron: nn.Module, x: torch.Tensor, T: int, fix: bool) -> t
     return neuron(x.reshape(T, -1, *x.shape[1:])).flatten(0, 1)
 
 
-class ConvUnits(nn.Module):
+class Checkpointable(nn.Module):
+    """A part of the trunk that gradient checkpointing can recompute as a whole (timm's
+    ``set_grad_checkpointing`` marks the outermost ones: blocks, patch embeddings, stems).
+
+    With ``grad_checkpointing`` the module keeps only its input for the backward pass and runs
+    its forward (``_run``) again there. The neurons are reset before each run and the batch norms
+    do not count the second run, so outputs, gradients and running statistics are identical.
+    """
+
+    grad_checkpointing = False
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _run_from_reset(self, x: torch.Tensor) -> torch.Tensor:
+        reset_net(self)
+        with memory.no_recompute():    # the whole module runs again in backward anyway
+            return self._run(x)
+
+    def _contexts(self):
+        return contextlib.nullcontext(), memory.FrozenBatchNormStats([self])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._run_from_reset, x, use_reentrant=False, preserve_rng_state=False,
+                              context_fn=self._contexts)
+        return self._run(x)
+
+
+class ConvUnits(Checkpointable):
     """A chain of conv units stored under the original attribute names.
 
     ``order="post"`` runs conv -> BN -> [pool] -> LIF per unit (QKFormer, SGLFormer);
@@ -128,7 +157,7 @@ class ConvUnits(nn.Module):
         x = norm(x)
         return x.reshape(T, -1, *x.shape[1:])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.order == "pre":
             return self._forward_pre(x)
         for u in self.units:
@@ -289,21 +318,17 @@ class SpikingSelfAttention(nn.Module):
         x = spike_attention(q, k, v, self.num_heads, self.attn_lif, product)
         x = self.proj_conv(x.flatten(0, 1))
         if self.order == "post":
-            return bn_lif(x, T, self.proj_bn, self.proj_lif, merged_tb=True, fix_tb_merge=self.fix_tb_merge).reshape(shape)
+            x = bn_lif(x, T, self.proj_bn, self.proj_lif, merged_tb=True, fix_tb_merge=self.fix_tb_merge)
+            return x.reshape(shape)
         return self.proj_bn(x).reshape(shape)
 
 
-class Residual(nn.Module):
+class Residual(Checkpointable):
     """``x = x + f(x)`` for each sub-module in order: the block pattern of all three families.
 
     ``parts`` maps the original attribute names to modules. Names in ``unused`` are registered
     but never called: some originals define LayerNorms they do not use, and their checkpoints
-    (and parameter counts) include them.
-
-    With ``grad_checkpointing`` the block keeps only its input for the backward pass and runs its
-    forward again there (activation memory for all T steps of the block is not stored). The
-    neurons are reset before each run, so the recomputation starts from the same state and the
-    gradients are identical.
+    (and parameter counts) include them. ``grad_checkpointing``: see :class:`Checkpointable`.
     """
 
     def __init__(self, parts: dict[str, nn.Module], unused: Sequence[str] = ()):
@@ -312,26 +337,11 @@ class Residual(nn.Module):
             setattr(self, name, module)
         self.unused_names = tuple(unused)
         self.residual_names = tuple(n for n in parts if n not in unused)
-        self.grad_checkpointing = False
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         for name in self.residual_names:
             x = x + self._modules[name](x)
         return x
-
-    def _run_from_reset(self, x: torch.Tensor) -> torch.Tensor:
-        reset_net(self)
-        with memory.no_recompute():    # the whole block runs again in backward anyway
-            return self._run(x)
-
-    def _contexts(self):
-        # The recomputation must not update batch-norm running statistics a second time.
-        return contextlib.nullcontext(), memory.FrozenBatchNormStats([self])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(self._run_from_reset, x, use_reentrant=False, context_fn=self._contexts)
-        return self._run(x)
 
 
 def set_attention_order(model: nn.Module, attention_order: str) -> nn.Module:

@@ -148,24 +148,25 @@ def _in_memory_order(t: torch.Tensor):
     return t.permute(order), order   # contiguous: a view of the same memory
 
 
-def _integer_form(t: torch.Tensor) -> tuple[str, torch.dtype] | None:
-    """('bits'|'int', dtype) if every element of the float tensor `t` is an integer that the
-    form holds exactly; None otherwise (a sample first, then the whole tensor)."""
+def _as_integers(t: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+    """('bits', packed) or ('int', uint8/int16 copy) if every element of the contiguous float
+    tensor `t` is an integer that the form holds exactly, else None. A spread sample is looked at
+    first, so most non-integer tensors cost almost nothing; the rest is checked element by element."""
     flat = t.view(-1)
-    step = max(flat.numel() // SAMPLE, 1)
-    sample = flat[::step]
-    if not bool(torch.equal(sample, sample.round())):
+    sample = flat[::max(flat.numel() // SAMPLE, 1)]
+    if not torch.equal(sample, sample.round()):
         return None
-    lo, hi = (v.item() for v in torch.aminmax(t))
-    if lo >= 0 and hi <= 1:
-        form = ("bits", torch.uint8)
-    elif lo >= 0 and hi <= 255:
-        form = ("int", torch.uint8)
+    lo, hi = (v.item() for v in torch.aminmax(flat))
+    if lo >= 0 and hi <= 255:
+        code = torch.uint8
     elif lo >= -32768 and hi <= 32767:
-        form = ("int", torch.int16)
+        code = torch.int16
     else:
+        return None                                   # also NaN (aminmax propagates it)
+    data = flat.to(code)
+    if not torch.equal(data.to(t.dtype), flat):       # a non-integer somewhere
         return None
-    return form
+    return ("bits", pack_bits(data)) if hi <= 1 and lo >= 0 else ("int", data)
 
 
 class SpikePacker(torch.autograd.graph.saved_tensors_hooks):
@@ -211,22 +212,11 @@ class SpikePacker(torch.autograd.graph.saved_tensors_hooks):
         dense, order = _in_memory_order(t)
         if dense is None:
             return t
-        if t.dtype == torch.bool or self._announced(t):
-            form = ("bits", torch.uint8)
-        else:
-            form = _integer_form(dense)
-            if form is not None and form[0] == "int":
-                data = dense.to(form[1])
-                if not torch.equal(data.to(t.dtype), dense):   # non-integers, NaN: keep as is
-                    form = None
-            elif form is not None and not torch.equal(dense.to(torch.uint8).to(t.dtype), dense):
-                form = None
+        form = ("bits", pack_bits(dense)) if t.dtype == torch.bool or self._announced(t) else _as_integers(dense)
         if form is None:
             self._count("kept", t, t.numel() * t.element_size())
             return t
-        if form[0] == "bits":
-            data = pack_bits(dense)
-        packed = _Packed(form[0], data, t.dtype, order, tuple(t.shape), t.numel())
+        packed = _Packed(form[0], form[1], t.dtype, order, tuple(t.shape), t.numel())
         self._count(form[0], t, packed.nbytes())
         return packed
 

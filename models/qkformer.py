@@ -88,7 +88,7 @@ class PatchEmbed(ConvUnits):
         super().__init__(units, order="post")
         self.shortcut_from = shortcut_from
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         *main, shortcut = self.units
         feat = x
         for i, u in enumerate(main):

@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 
 from .base import SpikingClassifier
-from .layers import (ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, check_attention_order,
-                     bn_lif, check_heads, max_pool, spike_attention)
+from .layers import (Checkpointable, ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, bn_lif,
+                     check_attention_order, check_heads, max_pool, spike_attention)
 from .neuron import lif
 from .op_counts import ssa_op_counts, ssa_spike_ops
 
@@ -152,16 +152,16 @@ class LocalSSA(GlobalSSA):
         return x.reshape(T, B, C, H, W)
 
 
-class Stem(nn.Module):
+class Stem(Checkpointable):
     def __init__(self, in_chans: int, e: int):
         super().__init__()
         self.conv = Conv3x3(in_chans, e // 6)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
 
 
-class Tokenizer(nn.Module):
+class Tokenizer(Checkpointable):
     """Four Conv3x3 units ``e/6 -> e/4 -> e/2 -> e -> e``; the first two pool only for DVS."""
 
     def __init__(self, e: int, early_stride: int):
@@ -171,7 +171,7 @@ class Tokenizer(nn.Module):
         self.conv3 = Conv3x3(e // 2, e, stride=2)
         self.conv4 = Conv3x3(e, e, stride=2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv4(self.conv3(self.conv2(self.conv1(x))))
 
 

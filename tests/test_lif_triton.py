@@ -139,8 +139,11 @@ def test_every_family_is_bit_identical_end_to_end(config):
     cls, kwargs, shape, kind = TINY[config]
     # one sample (the interpreter is slow); SGLFormer's batch norm of pooled features needs two
     x = make_input((2 if config.startswith("sgl") else 1, *shape[1:]), kind)
-    outs = {b: run_case(getattr(models, cls)(**kwargs, backend=b), x, "train", torch.float32, models.reset_net)
-            for b in ("torch", "triton")}
+    # the reference: spikingjelly's loop, autograd's usual storage; Triton with the default
+    # compact activation memory (bits and recomputed tails, models/memory.py)
+    outs = {b: run_case(getattr(models, cls)(**kwargs, backend=b, activation_memory=m), x, "train", torch.float32,
+                        models.reset_net)
+            for b, m in (("torch", "standard"), ("triton", "compact"))}
     ref, tri = outs["torch"], outs["triton"]
     assert torch.equal(ref["logits"], tri["logits"])
     assert ref["grads"].keys() == tri["grads"].keys() and len(ref["grads"]) > 30
@@ -256,12 +259,30 @@ def test_gpu_models_are_bit_identical_with_triton(name, monkeypatch):
     torch.manual_seed(0)
     model = models.build(name, T=2).cuda().train()
     x = torch.randn(4, 3, 32, 32, device="cuda")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     outs = {}
-    for backend in ("torch", "triton"):
+    setups = [("torch", "standard", None), ("triton", "compact", None), ("triton", "standard", None),
+              ("fused", "compact", None), ("triton", "standard", torch.float16), ("triton", "compact", torch.float16)]
+    if neuron.cupy_unavailable_reason() is None:
+        setups += [("cupy", "standard", torch.float16), ("cupy", "compact", torch.float16)]
+    for backend, mode, dtype in setups:
+        model.load_state_dict(state)       # batch-norm running statistics as before each run
         models.set_backend(model, backend)
+        model.set_activation_memory(mode)
         model.zero_grad(set_to_none=True)
-        y = model(x)
-        y.square().sum().backward()
-        outs[backend] = (y.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None])
-    assert torch.equal(outs["triton"][0], outs["torch"][0])
-    assert all(torch.equal(a, b) for a, b in zip(outs["triton"][1], outs["torch"][1]))
+        with torch.autocast("cuda", dtype=dtype or torch.float16, enabled=dtype is not None):
+            y = model(x)
+        y.float().square().sum().backward()
+        outs[backend, mode, dtype] = (y.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None],
+                                      {k: v.clone() for k, v in model.state_dict().items()})
+
+    def same(a, b):
+        return (torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+                and all(torch.equal(a[2][k], b[2][k]) for k in a[2]))
+    ref = outs["torch", "standard", None]
+    assert same(outs["triton", "compact", None], ref) and same(outs["triton", "standard", None], ref)
+    assert same(outs["fused", "compact", None], ref)
+    # float16: compact storage changes nothing against the same backend's standard storage
+    assert same(outs["triton", "compact", torch.float16], outs["triton", "standard", torch.float16])
+    if ("cupy", "compact", torch.float16) in outs:
+        assert same(outs["cupy", "compact", torch.float16], outs["cupy", "standard", torch.float16])

@@ -182,3 +182,14 @@ def test_firing_rates_count_each_forward_once():
             model(x).square().sum().backward()
         counts.append(dict(meter.counts))
     assert counts[0] == counts[1]
+
+
+def test_config_key_reaches_the_model():
+    from engine import config as C
+    from engine.factories import build_model
+    assert C.Config().model_overrides()["activation_memory"] == "compact"
+    args = C.build_parser("x").parse_args(["--activation-memory", "standard"])
+    cfg = C.make_config({"model": "qkformer_cifar_4_384", "embed_dim": 32, "depth": 3}, vars(args))
+    assert build_model(cfg, 10).activation_memory == "standard"
+    with pytest.raises(C.ConfigError, match="'activation_memory' must be one of compact, standard; got 'bits'"):
+        C.make_config({"activation_memory": "bits"}, {})

@@ -74,7 +74,7 @@ def test_gradient_checkpointing_changes_nothing_but_memory(name):
 
 
 def test_benchmark_tool(tmp_path):
-    report = benchmark.main(["--model", "qkformer_cifar_4_384", "--embed-dim", "48", "--depth", "3", "--T", "2",
+    report = benchmark.main(["--model", "qkformer_cifar_4_384", "--embed-dim", "64", "--depth", "3", "--T", "2",
                              "--img-size", "32", "--batch-size", "4", "--repeats", "2", "--warmup", "1",
                              "--setups", "reference", "default", "default+bf16", "default+ckpt", "fused+standard",
                              "--json", str(tmp_path / "b.json")])

@@ -104,6 +104,12 @@ def _heap_reader():
 HEAP_BYTES = _heap_reader()
 
 
+def _trim_heap() -> None:
+    """Give the heap's free memory back to the system (glibc), so that RSS counts live memory."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -210,6 +216,7 @@ class Runner:
             base = torch.cuda.memory_allocated(self.device)
             self.train_step(x, y)
             return torch.cuda.max_memory_allocated(self.device) - base
+        _trim_heap()                                       # RSS := live memory
         Path("/proc/self/clear_refs").write_text("5")      # peak RSS := current RSS
         base = _status_kb("VmRSS")
         self.train_step(x, y)
@@ -268,7 +275,9 @@ def peak_in_fresh_process(args, spec: str) -> float | None:
     for flag in ("img_size", "T", "embed_dim", "depth", "num_heads"):
         if getattr(args, flag) is not None:
             argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    # glibc: large blocks from mmap and returned at free, so the RSS peak follows live memory
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), MALLOC_MMAP_THRESHOLD_="65536",
+               MALLOC_TRIM_THRESHOLD_="0")
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, env=env)
     if proc.returncode != 0:
         print(f"warning: peak memory of {spec} not measured: {proc.stderr.strip().splitlines()[-1:]}",
