@@ -89,19 +89,22 @@ def _bit_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return _LUTS[key]
 
 
+_GATHER = 0x0102040810204080   # sum of 2**(56 - 7 i): moves byte i's low bit to bit 56 + i
+
+
 def pack_bits(values: torch.Tensor) -> torch.Tensor:
-    """Contiguous 0/1 values (any dtype) -> uint8, 8 per byte (least significant bit first)."""
+    """Contiguous 0/1 values (any dtype) -> uint8, 8 per byte (least significant bit first).
+
+    Eight 0/1 bytes read as one int64 word are multiplied by ``_GATHER``: every partial product
+    lands on its own bit (no carries), and bits 56..63 of the product are the eight values.
+    """
     flat = values.reshape(-1)
     if flat.dtype != torch.uint8:
         flat = flat.to(torch.uint8)
     pad = (-flat.numel()) % 8
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    cols = flat.view(-1, 8)
-    out = cols[:, 0].clone()
-    for i in range(1, 8):
-        out.bitwise_or_(cols[:, i] << i)
-    return out
+    return ((flat.view(torch.int64) * _GATHER) >> 56).to(torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:

@@ -46,6 +46,7 @@ def test_backend_has_one_name_and_an_explicit_value_beats_the_environment(tmp_pa
     from engine.recipe import resolve
     parser = C.build_parser("x")
     assert parser.parse_args(["--backend", "torch"]).backend == "torch"
+    assert parser.parse_args(["--lif-backend", "triton"]).backend == "triton"   # the issue-12 spelling
     with pytest.raises(SystemExit):
         parser.parse_args(["--backend", "nope"])
     old = tmp_path / "config.yaml"                      # a run folder's config.yaml of older code

@@ -94,7 +94,8 @@ def test_benchmark_tool(tmp_path):
 
 
 def test_benchmark_setup_names():
-    assert benchmark.parse_setup("reference") == dict(benchmark.parse_setup("torch+fp32+standard"), name="reference")
+    assert benchmark.parse_setup("reference") == \
+        dict(benchmark.parse_setup("torch+fp32+standard+nchwpool"), name="reference")
     default = benchmark.parse_setup("default+ckpt")
     assert (default["backend"], default["precision"], default["activation_memory"], default["ckpt"]) == \
         ("auto", "fp32", "compact", True)
@@ -104,3 +105,23 @@ def test_benchmark_setup_names():
 def test_benchmark_rejects_unknown_setup():
     with pytest.raises(ValueError, match="unknown setup part 'fp8'"):
         benchmark.parse_setup("fused+fp8")
+
+
+@pytest.mark.parametrize("kind", ["float", "spikes", "counts"])
+@pytest.mark.parametrize("shape", [(8, 16, 32, 32), (4, 8, 15, 17)])
+def test_channels_last_cpu_max_pool_gives_the_nchw_results(kind, shape):
+    from models.layers import max_pool
+    g = torch.Generator().manual_seed(0)
+    x = {"float": lambda: torch.randn(*shape, generator=g),
+         "spikes": lambda: (torch.rand(*shape, generator=g) < 0.5).float(),       # ties everywhere
+         "counts": lambda: torch.randint(0, 3, shape, generator=g).float()}[kind]()
+    grad = torch.randn(shape[0], shape[1], (shape[2] + 1) // 2, (shape[3] + 1) // 2, generator=g)
+    pool, runs = max_pool(), []
+    for channels_last in (False, True):
+        pool.channels_last_cpu = channels_last
+        xi = x.clone().requires_grad_()
+        y = pool(xi)
+        y.backward(grad)      # overlapping 3x3/2 windows: gradients accumulate in the same order
+        runs.append((y, xi.grad))
+    assert runs[1][0].is_contiguous()
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])

@@ -8,10 +8,11 @@ A setup is a '+'-joined list of: a neuron backend (``torch``: spikingjelly's loo
 activation memory (``compact``, the models' default, or ``standard``: see models/memory.py),
 ``ckpt`` (gradient checkpointing of every block), ``cl`` (channels_last weights and input),
 ``fastattn`` (``attention_order="fast"``: the cheaper association order of the attention products
-instead of the original files'), ``compile`` (torch.compile) and ``cudagraphs`` (torch.compile
-with CUDA graphs, mode "reduce-overhead"). Unnamed parts are torch, fp32 and compact.
-``reference`` is ``torch+fp32+standard``: our model with every optimisation off, i.e. the
-original implementation's numerics and storage. ``default`` is ``auto+fp32+compact``: what a
+instead of the original files'), ``nchwpool`` (CPU max-pooling in the NCHW layout, as the
+originals, instead of models.layers.MaxPool's channels_last computation), ``compile``
+(torch.compile) and ``cudagraphs`` (torch.compile with CUDA graphs, mode "reduce-overhead").
+Unnamed parts are torch, fp32 and compact. ``reference`` is ``torch+fp32+standard+nchwpool``:
+our model with every optimisation off, i.e. the original implementation's numerics and storage. ``default`` is ``auto+fp32+compact``: what a
 model runs with when nothing is set. All setups start from the same weights; their timings are
 interleaved (reference, A, B, reference, A, B, ...) so that load on a shared machine affects them
 alike, and each setup's logits and gradients on one batch are compared with the reference's.
@@ -46,12 +47,13 @@ from engine.config import Config  # noqa: E402
 from engine.distributed import pick_device  # noqa: E402
 from engine.errors import ConfigError  # noqa: E402
 from engine.factories import build_model  # noqa: E402
+from models.layers import MaxPool  # noqa: E402
 from models.neuron import BACKENDS  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKENDS = ("torch", "fused", "cupy", "triton", "auto")
 MEMORY = ("compact", "standard")
-ALIASES = {"reference": "torch+fp32+standard", "default": "auto+fp32+compact"}
+ALIASES = {"reference": "torch+fp32+standard+nchwpool", "default": "auto+fp32+compact"}
 
 
 def parse_setup(spec: str) -> dict:
@@ -59,7 +61,8 @@ def parse_setup(spec: str) -> dict:
     head, _, rest = spec.partition("+")
     parts = ALIASES[head].split("+") + (rest.split("+") if rest else []) if head in ALIASES else spec.split("+")
     setup = {"name": spec, "backend": "torch", "precision": "fp32", "ckpt": False, "compile": False,
-             "cl": False, "cudagraphs": False, "attention_order": "original", "activation_memory": "compact"}
+             "cl": False, "cudagraphs": False, "attention_order": "original", "activation_memory": "compact",
+             "nchwpool": False}
     for part in parts:
         if part in BACKENDS:
             setup["backend"] = part
@@ -67,7 +70,7 @@ def parse_setup(spec: str) -> dict:
             setup["precision"] = part
         elif part in MEMORY:
             setup["activation_memory"] = part
-        elif part in ("ckpt", "compile", "cl", "cudagraphs"):
+        elif part in ("ckpt", "compile", "cl", "cudagraphs", "nchwpool"):
             setup[part] = True
         elif part == "fastattn":
             setup["attention_order"] = "fast"
@@ -125,6 +128,9 @@ class Runner:
         self.model = build(backend=setup["backend"], attention_order=setup["attention_order"],
                            activation_memory=setup["activation_memory"]).to(device)
         self.model.load_state_dict(state)
+        for m in self.model.modules():
+            if isinstance(m, MaxPool):
+                m.channels_last_cpu = not setup["nchwpool"]
         self.model.set_grad_checkpointing(setup["ckpt"])
         self.layout = torch.channels_last if setup.get("cl") else torch.contiguous_format
         self.model.to(memory_format=self.layout)
