@@ -57,8 +57,23 @@ class MaxPool(nn.MaxPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last_cpu and x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous():
-            return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+            x = _ContiguousGrad.apply(x).contiguous(memory_format=torch.channels_last)
+            return super().forward(x).contiguous()
         return super().forward(x)
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward returns the gradient in the NCHW layout: the layers before the
+    pool (batch norm) reduce over it, and a channels_last gradient would change their summation
+    order."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
 
 
 def max_pool() -> nn.MaxPool2d:

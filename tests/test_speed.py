@@ -124,4 +124,6 @@ def test_channels_last_cpu_max_pool_gives_the_nchw_results(kind, shape):
         y.backward(grad)      # overlapping 3x3/2 windows: gradients accumulate in the same order
         runs.append((y, xi.grad))
     assert runs[1][0].is_contiguous()
+    # NCHW, as the plain kernel's: a batch norm before the pool reduces over this gradient
+    assert runs[1][1].is_contiguous()
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
