@@ -10,6 +10,7 @@ Importing this package registers every published variant with timm::
 """
 from .checkpoint import CheckpointError, load_checkpoint, safe_load
 from .layers import ATTENTION_ORDERS, set_attention_order
+from .memory import set_activation_memory
 from .neuron import LIF, reset_net, set_backend
 from .qkformer import QKFormer
 from .sglformer import SGLFormer
@@ -17,5 +18,5 @@ from .spikingformer import Spikingformer
 from .variants import VARIANTS, build
 
 __all__ = ["QKFormer", "Spikingformer", "SGLFormer", "VARIANTS", "build", "LIF", "reset_net",
-           "set_backend", "set_attention_order", "ATTENTION_ORDERS", "load_checkpoint", "safe_load",
-           "CheckpointError"]
+           "set_backend", "set_attention_order", "set_activation_memory", "ATTENTION_ORDERS",
+           "load_checkpoint", "safe_load", "CheckpointError"]

@@ -124,7 +124,8 @@ class Checkpointable(nn.Module):
         return contextlib.nullcontext(), memory.FrozenBatchNormStats([self])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
+        # torch.compile cannot trace a checkpoint with a context_fn: compiled models store all
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return checkpoint(self._run_from_reset, x, use_reentrant=False, preserve_rng_state=False,
                               context_fn=self._contexts)
         return self._run(x)

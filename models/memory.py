@@ -19,8 +19,8 @@ gradients or batch-norm statistics:
    with the same batch statistics, running statistics not updated twice; the neuron from the
    same starting potential), so the values are the same bits.
 
-``activation_memory="standard"`` turns both off (autograd's usual storage). Evaluation and
-``torch.no_grad`` never pack or recompute. Block-level gradient checkpointing
+``activation_memory="standard"`` turns both off (autograd's usual storage). Evaluation,
+``torch.no_grad`` and ``torch.compile`` never pack or recompute. Block-level gradient checkpointing
 (``set_grad_checkpointing``) composes: inside a checkpointed block nothing is recomputed twice.
 """
 from __future__ import annotations
@@ -293,8 +293,10 @@ def recompute(fn, x: torch.Tensor, *modules: nn.Module) -> torch.Tensor:
 
 def compact_forward(mode: str, training: bool):
     """The context a model's forward runs in: a :class:`SpikePacker` for a compact training
-    forward with gradients, else nothing."""
-    if mode == "compact" and training and torch.is_grad_enabled():
+    forward with gradients, else nothing. Under ``torch.compile`` nothing either: dynamo traces
+    neither saved-tensor hooks nor checkpoints with a ``context_fn``, so a compiled model stores
+    activations as ``"standard"`` does (same numerics)."""
+    if mode == "compact" and training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
         return SpikePacker()
     return contextlib.nullcontext()
 

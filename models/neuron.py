@@ -34,9 +34,9 @@ import warnings
 
 import torch
 from spikingjelly.clock_driven import functional as _sj_functional
+from spikingjelly.clock_driven import neuron as _sj_neuron
 
 from . import memory
-from spikingjelly.clock_driven import neuron as _sj_neuron
 
 BACKENDS = ("auto", "torch", "fused", "cupy", "triton")
 BACKEND_ENV = "SNN_LIF_BACKEND"
