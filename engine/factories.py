@@ -16,6 +16,7 @@ from timm.utils import ModelEmaV3
 import models  # noqa: F401  (registers every variant with timm)
 
 from .config import Config
+from .logger import LOGGER
 from .data import build_dataset, dataset_spec
 from .distributed import DistInfo
 from .errors import ConfigError
@@ -111,5 +112,8 @@ def wrap_model(cfg: Config, model: nn.Module, info: DistInfo) -> nn.Module:
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
             find_unused_parameters=has_unused_parameters(model))
     if cfg.compile:
+        if cfg.grad_checkpointing or cfg.activation_memory == "compact":
+            LOGGER.warning("torch.compile: gradient checkpointing and compact activation memory are off "
+                           "(dynamo cannot trace them); activations are stored as activation_memory=standard")
         net = torch.compile(net)
     return net
