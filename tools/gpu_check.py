@@ -59,8 +59,9 @@ FAMILIES = ("qkformer_10_384", "spikingformer_8_384", "sglformer_8_384")
 # originals ran; the others use the models' default compact activation memory (models/memory.py).
 CUPY_FP16 = "cupy+fp16+standard"
 MAIN_SETUPS = ("reference", CUPY_FP16, "triton+standard", "triton", "triton+fp16", "triton+bf16")
-CANDIDATES = ("triton+cl", "triton+fp16+ckpt", "triton+fp16+cl", "triton+fp16+compile", "triton+compile",
-              "triton+fp16+cudagraphs")
+# triton+fp16+standard: what compact activation memory costs or gains in time on a GPU
+CANDIDATES = ("triton+cl", "triton+fp16+standard", "triton+fp16+ckpt", "triton+fp16+cl", "triton+fp16+compile",
+              "triton+compile", "triton+fp16+cudagraphs")
 SJ2_RTX4090_MS = {4: 0.77, 16: 1.70, 32: 3.37}   # spikingjelly 2.0's published Triton LIF figures
 # --tiny: the same code paths on sizes a CPU runs in seconds
 TINY_MODEL = {"qkformer": dict(embed_dim=16, depth=4, num_heads=2, mlp_ratio=1, num_classes=10),
