@@ -58,12 +58,13 @@ def test_compact_is_bit_identical_to_standard(name):
 
 
 @pytest.mark.parametrize("name", ["qkformer_cifar", "spikingformer_cifar100", "sglformer_imagenet_late"])
-def test_compact_with_spikingjellys_loop_and_bf16(name):
+def test_compact_with_spikingjellys_loop_and_autocast(name):
     x = tiny_input(name)
     assert_same_bits(step(tiny_model(name, backend="torch", activation_memory="standard"), x),
                      step(tiny_model(name, backend="torch"), x))
-    assert_same_bits(step(tiny_model(name, backend="fused", activation_memory="standard"), x, torch.bfloat16),
-                     step(tiny_model(name, backend="fused"), x, torch.bfloat16))
+    for dtype in (torch.bfloat16, torch.float16):
+        assert_same_bits(step(tiny_model(name, backend="fused", activation_memory="standard"), x, dtype),
+                         step(tiny_model(name, backend="fused"), x, dtype))
 
 
 @pytest.mark.parametrize("name", ["qkformer_cifar", "spikingformer_cifar", "sglformer_cifar"])
