@@ -66,6 +66,19 @@ def class_problems(name: str, folder: Path) -> list[str]:
     return out
 
 
+def marker_problems(name: str, folder: Path, marker: dict) -> list[str]:
+    """What is wrong with a stage folder that has a ``.complete`` marker: class folders, a marker
+    without input fingerprint, a sample count other than the marker's; one line each."""
+    problems = class_problems(name, folder)
+    if "inputs" not in marker:
+        problems.append("its .complete marker has no input fingerprint (written by an older version that "
+                        "could mark a partial cache)")
+    n = len(npz_files(folder))
+    if n != marker.get("samples"):
+        problems.append(f"it holds {n} samples while its .complete marker says {marker.get('samples')}")
+    return problems
+
+
 def listed(problems: list[str]) -> str:
     """Print the problems one per line on stderr when there are several; the text for the
     one-line error: the first problem, and how many more."""

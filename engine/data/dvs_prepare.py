@@ -37,7 +37,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .aedat import BadRecording
-from .dvs_cache import class_problems, fingerprint, listed, npz_files, read_marker, write_marker
+from .dvs_cache import (class_problems, fingerprint, listed, marker_problems, npz_files, read_marker,
+                        write_marker)
 from .dvs_raw import (CIFAR10DVS_CLASSES, _sj, check_events_npz, convert, events_per_sample, extract_inputs,
                       plan, read_events_npz, sample_layout)
 from .errors import DataError
@@ -263,13 +264,7 @@ def events_stage(name: str, root: Path, resume: bool, allow_empty: bool) -> dict
     _both(name, events, partial)
     marker = read_marker(events) if events.is_dir() else None
     if marker is not None:
-        problems = class_problems(name, events)
-        if "inputs" not in marker:
-            problems.append("its .complete marker has no input fingerprint (written by an older version that "
-                            "could mark a partial cache)")
-        n = len(npz_files(events))
-        if n != marker.get("samples"):
-            problems.append(f"it holds {n} samples while its .complete marker says {marker.get('samples')}")
+        problems = marker_problems(name, events, marker)
         if extract.is_dir() and not problems and marker["inputs"] is not None and \
                 fingerprint(extract_inputs(name, extract), extract) != marker["inputs"]:
             problems.append(f"{extract} has changed since it was made (recordings added, removed or of other sizes)")
@@ -369,13 +364,7 @@ def frames_stage(name: str, root: Path, T: int, events_marker: dict, resume: boo
     fp = fingerprint([events / f for f in files], events)
     marker = read_marker(frames) if frames.is_dir() else None
     if marker is not None:
-        problems = class_problems(name, frames)
-        if "inputs" not in marker:
-            problems.append("its .complete marker has no input fingerprint (written by an older version that "
-                            "could mark a partial cache)")
-        n = len(npz_files(frames))
-        if n != marker.get("samples"):
-            problems.append(f"it holds {n} samples while its .complete marker says {marker.get('samples')}")
+        problems = marker_problems(name, frames, marker)
         if not problems and marker["inputs"] != fp:
             problems.append(f"{events} has changed since it was made (samples added, removed or of other sizes)")
         if not problems and marker.get("short") and not allow_empty:
