@@ -283,14 +283,14 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads
     q, k, v = heads(q), heads(k), heads(v)
     if product == "q_kv":
         q, k, v = (memory.note_spikes(t.contiguous()) for t in (q, k, v))   # copies of spikes
-        x = q @ (k.transpose(-2, -1) @ v)
+        x = q @ memory.matmul(k.transpose(-2, -1), v)
     elif product == "qk_v" or N <= d:
-        x = (q @ k.transpose(-2, -1)) @ v
+        x = memory.matmul(q, k.transpose(-2, -1)) @ v
     else:
-        x = q @ (k.transpose(-2, -1) @ v)
+        x = q @ memory.matmul(k.transpose(-2, -1), v)
     x = x * scale
     if lif_on_heads and product != "fast":
-        return attn_lif(x).transpose(3, 4).reshape(T, B, C, N)
+        return memory.reshape(attn_lif(x).transpose(3, 4), T, B, C, N)
     return attn_lif(x.transpose(3, 4).reshape(T, B, C, N))
 
 
@@ -374,7 +374,7 @@ class Residual(Checkpointable):
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         for name in self.residual_names:
-            x = x + self._modules[name](x)
+            x = memory.add(x, self._modules[name](x))   # spike counts where both are
         return x
 
 

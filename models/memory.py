@@ -9,10 +9,11 @@ gradients or batch-norm statistics:
 
 1. :class:`SpikePacker` (a ``saved_tensors_hooks`` context) stores each tensor autograd saves
    in the smallest exact form: neuron outputs (announced by the neurons with
-   :func:`note_spikes`) and ``bool`` masks as 1 bit per element; other tensors whose values
-   turn out to be integers as uint8/int16, after a sampled pre-check and a full exact check
-   (so a non-binary tensor never gets the 1-bit form). Backward gets back a tensor of the same
-   dtype, shape, strides and values.
+   :func:`note_spikes`) and ``bool`` masks as 1 bit per element; spike counts (announced with
+   their integer bound where they are made: residual sums, spike products) as uint8/int16.
+   Values are never inspected, so packing costs no host synchronisation on a GPU; whatever is
+   not announced is kept as it is. Backward gets back a tensor of the same dtype, shape,
+   strides and values.
 2. :func:`recompute` runs the batch-norm -> [max-pool] -> LIF tail that follows each
    convolution under non-reentrant checkpointing: only the convolution's output is kept, and
    the tail runs again in backward with the same operations in the same order (batch norm
@@ -35,7 +36,6 @@ from torch.utils.checkpoint import checkpoint
 
 MODES = ("compact", "standard")
 MIN_NUMEL = 4096          # smaller tensors are kept as they are: packing them saves nothing
-SAMPLE = 1024             # elements looked at before a full check of an unannounced tensor
 
 _state = threading.local()
 
@@ -62,17 +62,82 @@ def recomputing() -> bool:
 
 
 # --- announcements -------------------------------------------------------------------------
+#
+# What a compact forward may store in fewer bits is known when a tensor is made, not found by
+# looking at its values (that would stall the host on a GPU): neurons announce their spikes
+# (bound 1); the places that add, multiply or matmul spike tensors announce the integer bound of
+# the result (see :func:`add`, :func:`mul`, :func:`matmul`, :func:`channel_sum`). Announcements
+# are keyed by storage, so views of an announced tensor are announced too; one is forgotten when
+# its tensor dies or is changed in place. Nothing else is ever packed.
 
-def note_spikes(t: torch.Tensor) -> torch.Tensor:
-    """Declare that every element of `t` (and of each view of its storage) is 0 or 1.
+def note_counts(t: torch.Tensor, bound: int, bits: torch.Tensor | None = None) -> torch.Tensor:
+    """Declare that every element of `t` (and of each view of its storage) is an integer in
+    ``[0, bound]``. `bits`: `t` already packed by :func:`pack_bits` (the Triton neuron writes
+    them with its spikes), used when exactly `t` is saved.
 
-    Called by the neurons on their output. Only recorded inside a compact forward; the record
-    is dropped when `t` dies or is modified in place (its version changes).
+    Only recorded inside a compact forward.
     """
     packer = getattr(_state, "packer", None)
     if packer is not None and t.layout == torch.strided:
-        packer.binary[t.untyped_storage().data_ptr()] = (weakref.ref(t), t._version)
+        packer.announced[t.untyped_storage().data_ptr()] = (weakref.ref(t), t._version, int(bound), bits)
     return t
+
+
+def note_spikes(t: torch.Tensor, bits: torch.Tensor | None = None) -> torch.Tensor:
+    """Declare that every element of `t` is 0 or 1 (:func:`note_counts` with bound 1)."""
+    return note_counts(t, 1, bits)
+
+
+def bound_of(t: torch.Tensor) -> int | None:
+    """The announced integer bound of `t`, or None (not announced, or not in a compact forward)."""
+    packer = getattr(_state, "packer", None)
+    return None if packer is None else packer.bound(t)
+
+
+def _both(a, b):
+    packer = getattr(_state, "packer", None)
+    if packer is None or not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        return None
+    ba, bb = packer.bound(a), packer.bound(b)
+    return None if ba is None or bb is None else (ba, bb)
+
+
+def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a + b``; a sum of announced counts is announced with the sum of their bounds (the
+    residual streams of QKFormer and SGLFormer add spikes to spike counts)."""
+    out = a + b
+    bounds = _both(a, b)
+    return out if bounds is None else note_counts(out, bounds[0] + bounds[1])
+
+
+def mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a * b``; announced with the product of the bounds (a spike gate times spikes is spikes)."""
+    out = a * b
+    bounds = _both(a, b)
+    return out if bounds is None else note_counts(out, bounds[0] * bounds[1])
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b``; announced with ``bound(a) * bound(b) * inner size`` (spike attention products)."""
+    out = a @ b
+    bounds = _both(a, b)
+    return out if bounds is None else note_counts(out, bounds[0] * bounds[1] * a.shape[-1])
+
+
+def channel_sum(t: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+    """``t.sum(dim)``; announced with ``bound(t) * size(dim)``."""
+    out = t.sum(dim=dim, keepdim=keepdim)
+    bound = bound_of(t)
+    return out if bound is None else note_counts(out, bound * t.shape[dim])
+
+
+def reshape(t: torch.Tensor, *shape) -> torch.Tensor:
+    """``t.reshape(*shape)``; a copy of an announced tensor is announced with the same bound."""
+    out = t.reshape(*shape)
+    bound = bound_of(t)
+    if bound is not None and out.untyped_storage().data_ptr() != t.untyped_storage().data_ptr():
+        note_counts(out, bound)
+    return out
 
 
 # --- packing -------------------------------------------------------------------------------
@@ -151,36 +216,28 @@ def _in_memory_order(t: torch.Tensor):
     return t.permute(order), order   # contiguous: a view of the same memory
 
 
-def _as_integers(t: torch.Tensor) -> tuple[str, torch.Tensor] | None:
-    """('bits', packed) or ('int', uint8/int16 copy) if every element of the contiguous float
-    tensor `t` is an integer that the form holds exactly, else None. A spread sample is looked at
-    first, so most non-integer tensors cost almost nothing; the rest is checked element by element."""
-    flat = t.view(-1)
-    sample = flat[::max(flat.numel() // SAMPLE, 1)]
-    if not torch.equal(sample, sample.round()):
-        return None
-    lo, hi = (v.item() for v in torch.aminmax(flat))
-    if lo >= 0 and hi <= 255:
-        code = torch.uint8
-    elif lo >= -32768 and hi <= 32767:
-        code = torch.int16
-    else:
-        return None                                   # also NaN (aminmax propagates it)
-    data = flat.to(code)
-    if not torch.equal(data.to(t.dtype), flat):       # a non-integer somewhere
-        return None
-    return ("bits", pack_bits(data)) if hi <= 1 and lo >= 0 else ("int", data)
+def integer_code(bound: int, dtype: torch.dtype) -> torch.dtype | None:
+    """The integer dtype that holds every value of a `dtype` tensor of integers in ``[0, bound]``
+    exactly, or None. In float16/bfloat16 an integer above 2048/256 may round up to the next
+    representable one, hence the margin."""
+    top = bound if bound <= 256 else bound * 1.01 + 2
+    if top <= 255:
+        return torch.uint8
+    if top <= 32767:
+        return torch.int16
+    return None
 
 
 class SpikePacker(torch.autograd.graph.saved_tensors_hooks):
     """Stores what autograd saves in the smallest exact form (see the module docstring).
 
     ``stats`` counts, per form, the tensors and bytes before and after packing (for tests and
-    the benchmark).
+    the benchmark). Packing never looks at values: only announced tensors and bool masks are
+    packed, everything else is kept as it is.
     """
 
     def __init__(self):
-        self.binary: dict[int, tuple] = {}
+        self.announced: dict[int, tuple] = {}
         self.stats = {"bits": [0, 0, 0], "int": [0, 0, 0], "kept": [0, 0, 0]}  # count, bytes in, bytes out
         super().__init__(self.pack, self.unpack)
 
@@ -192,15 +249,23 @@ class SpikePacker(torch.autograd.graph.saved_tensors_hooks):
 
     def __exit__(self, *exc):
         _state.packer = self.outer
-        self.binary = {}
+        self.announced = {}
         return super().__exit__(*exc)
 
-    def _announced(self, t: torch.Tensor) -> bool:
-        entry = self.binary.get(t.untyped_storage().data_ptr())
+    def _entry(self, t: torch.Tensor):
+        entry = self.announced.get(t.untyped_storage().data_ptr())
         if entry is None:
-            return False
-        ref, version = entry
-        return ref() is not None and t._version == version
+            return None
+        ref, version, bound, bits = entry
+        if ref() is None or t._version != version:
+            return None
+        return entry
+
+    def bound(self, t: torch.Tensor) -> int | None:
+        if t.dtype == torch.bool:
+            return 1
+        entry = self._entry(t) if t.layout == torch.strided else None
+        return None if entry is None else entry[2]
 
     def _count(self, kind: str, t: torch.Tensor, out_bytes: int) -> None:
         s = self.stats[kind]
@@ -208,14 +273,28 @@ class SpikePacker(torch.autograd.graph.saved_tensors_hooks):
         s[1] += t.numel() * t.element_size()
         s[2] += out_bytes
 
+    def _form(self, t: torch.Tensor, dense: torch.Tensor):
+        if t.dtype == torch.bool:
+            return "bits", pack_bits(dense)
+        entry = self._entry(t)
+        if entry is None:
+            return None
+        ref, _, bound, bits = entry
+        if bound <= 1:
+            owner = ref()
+            if bits is not None and owner is not None and t.is_contiguous() and t.shape == owner.shape \
+                    and t.data_ptr() == owner.data_ptr():
+                return "bits", bits                 # packed already, by the kernel that made `t`
+            return "bits", pack_bits(dense)
+        code = integer_code(bound, t.dtype)
+        return None if code is None else ("int", dense.reshape(-1).to(code))
+
     def pack(self, t: torch.Tensor):
         if (t.numel() < MIN_NUMEL or isinstance(t, nn.Parameter) or t.layout != torch.strided
                 or not (t.dtype == torch.bool or t.is_floating_point())):
             return t
         dense, order = _in_memory_order(t)
-        if dense is None:
-            return t
-        form = ("bits", pack_bits(dense)) if t.dtype == torch.bool or self._announced(t) else _as_integers(dense)
+        form = None if dense is None else self._form(t, dense)
         if form is None:
             self._count("kept", t, t.numel() * t.element_size())
             return t

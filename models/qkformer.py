@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from . import memory
 from .base import SpikingClassifier
 from .layers import ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, bn_lif, check_heads
 from .neuron import lif
@@ -73,7 +74,7 @@ class TokenQKAttention(nn.Module):
         k = bn_lif(self.k_conv(flat), T, self.k_bn, self.k_lif)
         # Spike counts over each head's channels -> one binary mask per head and token.
         attn = self.attn_lif(q.reshape(T, B, h, C // h, N).sum(dim=3, keepdim=True))
-        x = (attn * k.reshape(T, B, h, C // h, N)).reshape(T * B, C, N)
+        x = memory.mul(attn, k.reshape(T, B, h, C // h, N)).reshape(T * B, C, N)
         return bn_lif(self.proj_conv(x), T, self.proj_bn, self.proj_lif).reshape(T, B, C, H, W)
 
 
@@ -95,7 +96,7 @@ class PatchEmbed(ConvUnits):
             x = self.run(u, x)
             if i == self.shortcut_from:
                 feat = x
-        return x + self.run(shortcut, feat)
+        return memory.add(x, self.run(shortcut, feat))
 
 
 def _stem(layout: str, in_chans: int, e: int) -> PatchEmbed:

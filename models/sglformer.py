@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from . import memory
 from .base import SpikingClassifier
 from .layers import (Checkpointable, ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, bn_lif,
                      check_attention_order, check_heads, max_pool, spike_attention)
@@ -92,8 +93,8 @@ class LocalConv(nn.Module):
         self.conv1x1_2 = Conv1x1(4 * dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.conv(x)
-        return x + self.conv1x1_2(self.dwconv3x3(self.conv1x1_1(x)))
+        x = memory.add(x, self.conv(x))            # spike counts: announced for compact memory
+        return memory.add(x, self.conv1x1_2(self.dwconv3x3(self.conv1x1_1(x))))
 
 
 class GlobalSSA(nn.Module):
@@ -129,7 +130,7 @@ class GlobalSSA(nn.Module):
         q, k, v = (m(x).flatten(3) for m in (self.q_conv, self.k_conv, self.v_conv))
         product = "qk_v" if self.attention_order == "original" else "fast"
         x = spike_attention(q, k, v, self.num_heads, self.attn_lif, product, lif_on_heads=True)
-        return self.proj_conv(x.reshape(shape))
+        return self.proj_conv(memory.reshape(x, shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.attend(x)
@@ -147,9 +148,9 @@ class LocalSSA(GlobalSSA):
         T, B, C, H, W = x.shape
         n = self.num_hw
         x = x.reshape(T, B, C, H // n, n, W // n, n).permute(0, 1, 4, 6, 2, 3, 5)
-        x = self.attend(x.reshape(T, B * n * n, C, H // n, W // n))
+        x = self.attend(memory.reshape(x, T, B * n * n, C, H // n, W // n))
         x = x.reshape(T, B, n, n, C, H // n, W // n).permute(0, 1, 4, 5, 2, 6, 3)
-        return x.reshape(T, B, C, H, W)
+        return memory.reshape(x, T, B, C, H, W)
 
 
 class Stem(Checkpointable):
