@@ -18,7 +18,8 @@ gradients or batch-norm statistics:
    convolution under non-reentrant checkpointing: only the convolution's output is kept, and
    the tail runs again in backward with the same operations in the same order (batch norm
    with the same batch statistics, running statistics not updated twice; the neuron from the
-   same starting potential), so the values are the same bits.
+   same starting potential), so the values are the same bits. The replay costs no bookkeeping
+   launches: no statistics are copied or restored.
 
 ``activation_memory="standard"`` turns both off (autograd's usual storage). Evaluation,
 ``torch.no_grad`` and ``torch.compile`` never pack or recompute. Block-level gradient checkpointing
@@ -311,17 +312,24 @@ class SpikePacker(torch.autograd.graph.saved_tensors_hooks):
 
 class FrozenBatchNormStats:
     """Context: the batch norms in `modules` normalise with batch statistics but leave their
-    running statistics and ``num_batches_tracked`` untouched (momentum 0, counter restored)."""
+    running statistics and ``num_batches_tracked`` as they are.
+
+    Momentum 0 (the running statistics are passed, so that the replay saves the same tensors
+    for backward, but keep their values) and no ``num_batches_tracked`` buffer while inside, so
+    the counter is not incremented: Python attributes only, no kernel launch and no copy of
+    the statistics to restore afterwards.
+    """
 
     def __init__(self, modules):
         self.norms = [m for mod in modules for m in mod.modules()
                       if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def __enter__(self):
-        self.saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-                      for m in self.norms]
+        self.saved = [(m.momentum, m._buffers.get("num_batches_tracked")) for m in self.norms]
         for m in self.norms:
             m.momentum = 0.0
+            if "num_batches_tracked" in m._buffers:
+                m._buffers["num_batches_tracked"] = None
         _state.replay = True
 
     def __exit__(self, *exc):
@@ -329,7 +337,7 @@ class FrozenBatchNormStats:
         for m, (momentum, tracked) in zip(self.norms, self.saved):
             m.momentum = momentum
             if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
+                m._buffers["num_batches_tracked"] = tracked
 
 
 @contextlib.contextmanager
