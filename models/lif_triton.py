@@ -74,9 +74,10 @@ def interpreting() -> bool:
 # Triton builtins (tl.full, not tl.zeros): jitted helpers, Triton's own included, are made for
 # one mode when they are defined and fail in the other.
 
-def _forward_kernel(x_ptr, v0_ptr, spike_ptr, h_ptr, v_ptr, scalars_ptr, T, N,
-                    HAS_V0: tl.constexpr, RECIPROCAL: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+def _forward_kernel(x_ptr, v0_ptr, spike_ptr, h_ptr, v_ptr, bits_ptr, scalars_ptr, T, N,
+                    HAS_V0: tl.constexpr, RECIPROCAL: tl.constexpr, PACK: tl.constexpr, BLOCK: tl.constexpr):
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offs = start + tl.arange(0, BLOCK)
     mask = offs < N
     tau = tl.load(scalars_ptr)             # scalars: tau, 1/tau, v_th in the compute dtype
     inv_tau = tl.load(scalars_ptr + 1)
@@ -88,6 +89,12 @@ def _forward_kernel(x_ptr, v0_ptr, spike_ptr, h_ptr, v_ptr, scalars_ptr, T, N,
     x_ptrs = x_ptr + offs
     h_ptrs = h_ptr + offs
     s_ptrs = spike_ptr + offs
+    # PACK (N a multiple of 8): the spikes also as bits, byte k = spikes 8k..8k+7, LSB first. The
+    # program reads back the spikes it has just stored, 8 strided loads (no reduction: Triton's
+    # reductions are jitted helpers, which work in one mode only, see above).
+    byte = start // 8 + tl.arange(0, BLOCK // 8)
+    b_ptrs = bits_ptr + byte
+    sb_ptrs = spike_ptr + byte * 8
     for _ in range(T):
         x = tl.load(x_ptrs, mask=mask, other=0.0).to(tau.dtype)
         if RECIPROCAL:
@@ -97,6 +104,15 @@ def _forward_kernel(x_ptr, v0_ptr, spike_ptr, h_ptr, v_ptr, scalars_ptr, T, N,
         fired = h >= v_th
         tl.store(h_ptrs, h, mask=mask)
         tl.store(s_ptrs, fired.to(tl.float32).to(spike_ptr.dtype.element_ty), mask=mask)
+        if PACK:
+            tl.debug_barrier()                 # the block's spikes are stored before they are read back
+            word = tl.full([BLOCK // 8], 0, dtype=tl.int32)
+            for j in tl.static_range(8):
+                s = tl.load(sb_ptrs + j, mask=byte < N // 8, other=0.0)
+                word = word | ((s != 0).to(tl.int32) << j)
+            tl.store(b_ptrs, word.to(tl.uint8), mask=byte < N // 8)
+            b_ptrs += N // 8
+            sb_ptrs += N
         v = tl.where(fired, 0.0, h)
         x_ptrs += N
         h_ptrs += N
@@ -197,8 +213,11 @@ def _launch_setup(device: torch.device):
     return forward, backward, interpret, (BLOCK_INTERP if interpret else BLOCK_GPU)
 
 
-def forward(x_seq: torch.Tensor, v0: torch.Tensor | None, tau: float, v_threshold: float, alpha: float):
-    """Spikes (dtype of ``x_seq``), the last potential and ``h_seq`` (compute dtype) of all T steps."""
+def forward(x_seq: torch.Tensor, v0: torch.Tensor | None, tau: float, v_threshold: float, alpha: float,
+            pack: bool = False):
+    """Spikes (dtype of ``x_seq``), the last potential, ``h_seq`` (compute dtype) of all T steps, and
+    with `pack` the spikes as bits (:func:`models.memory.pack_bits`'s layout; written by the same
+    launch, for compact activation memory), else an empty tensor. `pack` needs ``N % 8 == 0``."""
     if import_error():
         raise RuntimeError(import_error())
     kernel, _, interpret, block = _launch_setup(x_seq.device)
@@ -208,13 +227,16 @@ def forward(x_seq: torch.Tensor, v0: torch.Tensor | None, tau: float, v_threshol
     spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     h_seq = torch.empty(x.shape, dtype=compute, device=x.device)
     v_last = torch.empty(x.shape[1:], dtype=compute, device=x.device)
+    pack = pack and N % 8 == 0
+    bits = torch.empty(T * N // 8 if pack else 0, dtype=torch.uint8, device=x.device)
     has_v0 = v0 is not None
     v0 = v0.detach().expand(x.shape[1:]).contiguous() if has_v0 else h_seq   # h_seq: unused pointer
     if N > 0:
         kernel[(triton.cdiv(N, block),)](
-            x, v0, spikes, h_seq, v_last, _scalars(x.device, compute, tau, v_threshold, alpha), T, N,
-            HAS_V0=has_v0, RECIPROCAL=divides_by_reciprocal(x.device), BLOCK=block, **compile_options())
-    return spikes, v_last, h_seq
+            x, v0, spikes, h_seq, v_last, bits if pack else h_seq, _scalars(x.device, compute, tau, v_threshold, alpha),
+            T, N, HAS_V0=has_v0, RECIPROCAL=divides_by_reciprocal(x.device), PACK=pack, BLOCK=block,
+            **compile_options())
+    return spikes, v_last, h_seq, bits
 
 
 def backward(grad_spikes: torch.Tensor, h_seq: torch.Tensor, tau: float, v_threshold: float, alpha: float,
@@ -245,17 +267,18 @@ def backward(grad_spikes: torch.Tensor, h_seq: torch.Tensor, tau: float, v_thres
 # break at every neuron, no tracing into Triton).
 torch.library.custom_op(
     "spiking_transformers::lif_triton_forward", forward, mutates_args=(),
-    schema="(Tensor x_seq, Tensor? v0, float tau, float v_threshold, float alpha) -> (Tensor, Tensor, Tensor)")
+    schema="(Tensor x_seq, Tensor? v0, float tau, float v_threshold, float alpha, bool pack) -> (Tensor, Tensor, Tensor, Tensor)")
 torch.library.custom_op(
     "spiking_transformers::lif_triton_backward", backward, mutates_args=(),
     schema="(Tensor grad_spikes, Tensor h_seq, float tau, float v_threshold, float alpha, ScalarType dtype) -> Tensor")
 
 
 @torch.library.register_fake("spiking_transformers::lif_triton_forward")
-def _forward_fake(x_seq, v0, tau, v_threshold, alpha):
+def _forward_fake(x_seq, v0, tau, v_threshold, alpha, pack):
     compute = torch.float64 if x_seq.dtype == torch.float64 else torch.float32
+    nbytes = x_seq.numel() // 8 if pack and x_seq[0].numel() % 8 == 0 else 0
     return (x_seq.new_empty(x_seq.shape), x_seq.new_empty(x_seq.shape[1:], dtype=compute),
-            x_seq.new_empty(x_seq.shape, dtype=compute))
+            x_seq.new_empty(x_seq.shape, dtype=compute), x_seq.new_empty(nbytes, dtype=torch.uint8))
 
 
 @torch.library.register_fake("spiking_transformers::lif_triton_backward")
@@ -264,23 +287,28 @@ def _backward_fake(grad_spikes, h_seq, tau, v_threshold, alpha, dtype):
 
 
 class TritonLIF(torch.autograd.Function):
-    """``spikes, v_last = TritonLIF.apply(x_seq, v0, tau, v_threshold, alpha)``: all T steps, one node.
+    """``spikes, v_last, bits = TritonLIF.apply(x_seq, v0, tau, v_threshold, alpha, pack=False)``: all T
+    steps, one node.
 
     ``v0`` (the potential left by a previous call, or None for 0) is used as a constant, as in the
-    fused backend. Saves ``h_seq`` only (see the module docstring).
+    fused backend. Saves ``h_seq`` only (see the module docstring). ``bits``: see :func:`forward`.
     """
 
     @staticmethod
-    def forward(ctx, x_seq, v0, tau: float, v_threshold: float, alpha: float):
-        spikes, v_last, h_seq = torch.ops.spiking_transformers.lif_triton_forward(x_seq, v0, tau, v_threshold, alpha)
+    def forward(ctx, x_seq, v0, tau: float, v_threshold: float, alpha: float, pack: bool = False):
+        spikes, v_last, h_seq, bits = torch.ops.spiking_transformers.lif_triton_forward(
+            x_seq, v0, tau, v_threshold, alpha, pack)
         ctx.save_for_backward(h_seq)
         ctx.tau, ctx.v_threshold, ctx.alpha, ctx.dtype = tau, v_threshold, alpha, x_seq.dtype
-        ctx.mark_non_differentiable(v_last)
-        return spikes, v_last
+        ctx.mark_non_differentiable(v_last, bits)
+        ctx.set_materialize_grads(False)    # no zero-filled gradients for v_last and bits: no launches
+        return spikes, v_last, bits
 
     @staticmethod
-    def backward(ctx, grad_spikes, grad_v_last):
+    def backward(ctx, grad_spikes, grad_v_last, grad_bits):
+        if grad_spikes is None:
+            return None, None, None, None, None, None
         (h_seq,) = ctx.saved_tensors
         grad_x = torch.ops.spiking_transformers.lif_triton_backward(grad_spikes, h_seq, ctx.tau, ctx.v_threshold,
                                                                       ctx.alpha, ctx.dtype)
-        return grad_x, None, None, None, None
+        return grad_x, None, None, None, None, None

@@ -28,6 +28,7 @@ gradients or batch-norm statistics:
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import weakref
 
@@ -158,12 +159,24 @@ def _bit_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 _GATHER = 0x0102040810204080   # sum of 2**(56 - 7 i): moves byte i's low bit to bit 56 + i
 
 
+def _kernels(device: torch.device):
+    """models/bits_triton.py where its one-launch kernels run (CUDA, or Triton's interpreter), else None."""
+    if device.type != "cuda" and "TRITON_INTERPRET" not in os.environ:
+        return None                       # CPU run: no need to import Triton
+    from . import bits_triton
+    return bits_triton if bits_triton.usable(device) else None
+
+
 def pack_bits(values: torch.Tensor) -> torch.Tensor:
     """Contiguous 0/1 values (any dtype) -> uint8, 8 per byte (least significant bit first).
 
-    Eight 0/1 bytes read as one int64 word are multiplied by ``_GATHER``: every partial product
-    lands on its own bit (no carries), and bits 56..63 of the product are the eight values.
+    One Triton launch on a GPU. With torch operators: eight 0/1 bytes read as one int64 word
+    are multiplied by ``_GATHER``; every partial product lands on its own bit (no carries), and
+    bits 56..63 of the product are the eight values.
     """
+    kernels = _kernels(values.device)
+    if kernels is not None:
+        return kernels.pack(values)
     flat = values.reshape(-1)
     if flat.dtype != torch.uint8:
         flat = flat.to(torch.uint8)
@@ -175,6 +188,9 @@ def pack_bits(values: torch.Tensor) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
     """Inverse of :func:`pack_bits`: a flat tensor of `numel` 0/1 values of `dtype`."""
+    kernels = _kernels(packed.device)
+    if kernels is not None:
+        return kernels.unpack(packed, numel, dtype)
     return _bit_table(packed.device, dtype).index_select(0, packed.int()).view(-1)[:numel]
 
 
@@ -283,8 +299,8 @@ class SpikePacker(torch.autograd.graph.saved_tensors_hooks):
         ref, _, bound, bits = entry
         if bound <= 1:
             owner = ref()
-            if bits is not None and owner is not None and t.is_contiguous() and t.shape == owner.shape \
-                    and t.data_ptr() == owner.data_ptr():
+            if bits is not None and owner is not None and t.is_contiguous() and t.numel() == owner.numel() \
+                    and t.data_ptr() == owner.data_ptr():       # `t` is a contiguous view of all of it
                 return "bits", bits                 # packed already, by the kernel that made `t`
             return "bits", pack_bits(dense)
         code = integer_code(bound, t.dtype)

@@ -89,7 +89,7 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     try:
         with torch.inference_mode(False), torch.enable_grad():   # may be first called under no_grad
             x_t, x_r = x.clone().requires_grad_(), x.clone().requires_grad_()
-            s_t, _ = lif_triton.TritonLIF.apply(x_t, None, 1.5, 0.5, 4.0)
+            s_t, _, _ = lif_triton.TritonLIF.apply(x_t, None, 1.5, 0.5, 4.0)
             s_r = _sj_neuron.MultiStepLIFNode(tau=1.5, v_threshold=0.5, detach_reset=True)(x_r)
             torch.autograd.backward([s_t, s_r], [grad.to(device)] * 2)
     except Exception as exc:
@@ -176,8 +176,12 @@ class LIF(_sj_neuron.MultiStepLIFNode):
         self.implementation = None  # what the last call ran: torch, fused, cupy or triton
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        # Spikes are 0/1: a compact training forward stores them as bits (models/memory.py).
-        return memory.note_spikes(self._spikes(x_seq))
+        # Spikes are 0/1: a compact training forward stores them as bits (models/memory.py);
+        # the Triton kernel has written those bits already.
+        self._bits = None
+        spikes = self._spikes(x_seq)
+        bits, self._bits = self._bits, None
+        return memory.note_spikes(spikes, bits)
 
     def _spikes(self, x_seq: torch.Tensor) -> torch.Tensor:
         backend = self.implementation = resolve_backend(self.requested_backend, x_seq.device)
@@ -185,8 +189,10 @@ class LIF(_sj_neuron.MultiStepLIFNode):
             self.backend = "torch"
             v0 = self.v if isinstance(self.v, torch.Tensor) else None
             # float16/bfloat16 input is integrated in float32 inside the kernels, as below
-            spikes, self.v = _lif_triton().TritonLIF.apply(x_seq, v0, float(self.tau), float(self.v_threshold),
-                                                           float(self.surrogate_function.alpha))
+            pack = memory.packing() and torch.is_grad_enabled()
+            spikes, self.v, bits = _lif_triton().TritonLIF.apply(x_seq, v0, float(self.tau), float(self.v_threshold),
+                                                                 float(self.surrogate_function.alpha), pack)
+            self._bits = bits if bits.numel() else None
             self.v_seq = None
             return spikes
         if backend == "fused":
@@ -236,10 +242,13 @@ class MultiStepLIF(torch.autograd.Function):
         ctx.save_for_backward(h_seq, fired)
         ctx.tau, ctx.v_threshold, ctx.alpha = tau, v_threshold, alpha
         ctx.mark_non_differentiable(v)
+        ctx.set_materialize_grads(False)    # no zero-filled gradient for v: one launch less
         return fired.to(x_seq.dtype), v
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_v_last):
+        if grad_spikes is None:
+            return None, None, None, None, None
         h_seq, fired = ctx.saved_tensors
         tau, v_threshold, alpha = ctx.tau, ctx.v_threshold, ctx.alpha
         # Contiguous, as the gradient autograd builds for spikingjelly's loop: the batch norm before

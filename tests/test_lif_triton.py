@@ -5,7 +5,9 @@ ones that check what happens without it. The CUDA code path (reciprocal division
 exp) cannot run on a CPU; it is checked by compiling it for a GPU target and reading the PTX, and
 its reciprocal arithmetic by the interpreter against a CPU emulation of torch's CUDA kernels.
 """
+import os
 import re
+from unittest import mock
 
 import pytest
 import torch
@@ -58,7 +60,7 @@ def test_kernels_are_bit_identical_to_spikingjelly(dtype, tau, v_th, monkeypatch
                 assert torch.equal(ref.v, tri.v), case
                 assert torch.equal(xr.grad, xt.grad), case
                 # the potentials of every step: spikingjelly's v_seq is h after the reset
-                _, _, h_seq = lif_triton.forward(x, v0, tau, v_th, ALPHA)
+                _, _, h_seq, _ = lif_triton.forward(x, v0, tau, v_th, ALPHA)
                 assert torch.equal(ref.v_seq, torch.where(h_seq >= v_th, 0.0, h_seq)), case
             if T == 16 and len(shape) == 3:
                 assert 0.05 < sr.float().mean() < 0.6   # the input makes the neurons fire, but not always
@@ -96,13 +98,13 @@ def test_cuda_arithmetic_path_matches_an_emulation_of_torch_cuda(monkeypatch):
         grad_x[t] = grad_h * inv
         grad_v = grad_h - grad_x[t]
 
-    spikes, v_last, h_seq = lif_triton.forward(x, None, tau, v_th, ALPHA)
+    spikes, v_last, h_seq, _ = lif_triton.forward(x, None, tau, v_th, ALPHA)
     assert torch.equal(h_seq, torch.stack(hs)) and torch.equal(v_last, v)
     assert torch.equal(spikes, (h_seq >= v_th).float())
     assert torch.equal(lif_triton.backward(g, h_seq, tau, v_th, ALPHA, torch.float32), grad_x)
     # ... and the emulation differs from a true division, so this checks the CUDA variant
     monkeypatch.setattr(lif_triton, "divides_by_reciprocal", lambda device: False)
-    _, _, h_div = lif_triton.forward(x, None, tau, v_th, ALPHA)
+    _, _, h_div, _ = lif_triton.forward(x, None, tau, v_th, ALPHA)
     assert not torch.equal(h_div, h_seq)
 
 
@@ -117,9 +119,9 @@ def test_cuda_kernels_compile_to_ieee_arithmetic_without_contraction():
     """The GPU variant, compiled for sm_90 here (no GPU needed): the instructions that decide the last bit."""
     forward, backward = lif_triton._kernels(interpret=False)
     fwd_sig = {"x_ptr": "*fp16", "v0_ptr": "*fp32", "spike_ptr": "*fp16", "h_ptr": "*fp32", "v_ptr": "*fp32",
-               "scalars_ptr": "*fp32", "T": "i32", "N": "i32",
-               "HAS_V0": "constexpr", "RECIPROCAL": "constexpr", "BLOCK": "constexpr"}
-    fwd_const = {"HAS_V0": True, "RECIPROCAL": True, "BLOCK": lif_triton.BLOCK_GPU}
+               "bits_ptr": "*u8", "scalars_ptr": "*fp32", "T": "i32", "N": "i32",
+               "HAS_V0": "constexpr", "RECIPROCAL": "constexpr", "PACK": "constexpr", "BLOCK": "constexpr"}
+    fwd_const = {"HAS_V0": True, "RECIPROCAL": True, "PACK": True, "BLOCK": lif_triton.BLOCK_GPU}
     options = dict(lif_triton.compile_options())
     # v + (x - v) * inv_tau is a multiply and an add; Triton's default would fuse them into an fma
     assert re.search(r"\bfma\.", _ptx(forward, fwd_sig, fwd_const, {}))
@@ -132,6 +134,41 @@ def test_cuda_kernels_compile_to_ieee_arithmetic_without_contraction():
     assert "div.rn.f32" in ptx and not re.search(r"div\.(full|approx)", ptx)   # IEEE 1 / (1 + e)
     assert "fma.rm.f32" in ptx    # libdevice's expf (its range reduction), not tl.exp's bare ex2.approx
     assert "ex2.approx.ftz.f32" in ptx and not re.search(r"\b(add|sub|mul|div)\.[a-z.]*ftz", ptx)
+
+
+def test_bit_kernels_compile_for_the_gpu():
+    """models/bits_triton.py for sm_90 (no GPU needed): what compact memory runs on a GPU."""
+    from models import bits_triton
+    pack, unpack = bits_triton._kernels(interpret=False)
+    block = {"BLOCK": bits_triton.BYTES_PER_PROGRAM}
+    for dtype in ("fp32", "fp16", "bf16", "u8"):
+        assert ".entry" in _ptx(pack, {"values_ptr": f"*{dtype}", "packed_ptr": "*u8", "N": "i32", "NBYTES": "i32",
+                                       "BLOCK": "constexpr"}, block, {})
+        assert ".entry" in _ptx(unpack, {"packed_ptr": "*u8", "out_ptr": f"*{dtype}", "N": "i32",
+                                         "BLOCK": "constexpr"}, {"BLOCK": 8 * bits_triton.BYTES_PER_PROGRAM}, {})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.bool])
+@pytest.mark.parametrize("n", [1, 8, 13, 4096, 20003])
+def test_bit_kernels_match_the_torch_packing(dtype, n):
+    from models import bits_triton, memory
+    values = (torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.4).to(dtype)
+    packed = bits_triton.pack(values)
+    with mock.patch.dict(os.environ, {"TRITON_INTERPRET": "0"}):   # memory.py's torch operators
+        assert torch.equal(packed, memory.pack_bits(values.to(torch.uint8)))
+    unpacked = bits_triton.unpack(packed, n, dtype)
+    assert unpacked.dtype == dtype and torch.equal(unpacked, values)
+
+
+@pytest.mark.parametrize("n", [64, 1000 * 8, 12])
+def test_forward_kernel_writes_the_bits_with_the_spikes(n):
+    from models import memory
+    x = torch.randn(3, n, generator=torch.Generator().manual_seed(0)) * 2
+    spikes, _, _, bits = lif_triton.forward(x, None, 2.0, 1.0, ALPHA, pack=True)
+    if n % 8:
+        assert bits.numel() == 0          # left to the packer
+    else:
+        assert torch.equal(bits, memory.pack_bits(spikes))
 
 
 @pytest.mark.parametrize("config", ["qkformer_cifar", "spikingformer_cifar", "sglformer_cifar"])
