@@ -21,7 +21,8 @@ class FiringRates:
     def __init__(self, model: torch.nn.Module):
         self.model = model
         self.layers = OrderedDict((name, m) for name, m in model.named_modules() if isinstance(m, LIF))
-        self.spikes: dict[str, float] = {n: 0.0 for n in self.layers}
+        # spike totals stay on the device until rates() reads them all at once (no host sync per layer)
+        self.spikes: dict[str, torch.Tensor | float] = {n: 0.0 for n in self.layers}
         self.counts: dict[str, float] = {n: 0.0 for n in self.layers}
         self.handles = []
 
@@ -29,7 +30,7 @@ class FiringRates:
         def record(module, inputs, output):
             if recomputing():      # a compact forward's backward runs some neurons again: count once
                 return
-            self.spikes[name] += output.detach().float().sum().item()
+            self.spikes[name] = self.spikes[name] + output.detach().sum(dtype=torch.float64)
             self.counts[name] += output.numel()
         return record
 
@@ -44,7 +45,8 @@ class FiringRates:
 
     def rates(self, device: torch.device | None = None) -> "OrderedDict[str, float]":
         names = list(self.layers)
-        totals = torch.tensor([[self.spikes[n], self.counts[n]] for n in names], dtype=torch.float64,
-                              device=device)
+        totals = torch.tensor([[0.0, self.counts[n]] for n in names], dtype=torch.float64, device=device)
+        for i, n in enumerate(names):
+            totals[i, 0] += self.spikes[n] if isinstance(self.spikes[n], float) else self.spikes[n].to(totals.device)
         totals = all_reduce_sum(totals)
         return OrderedDict((n, (s / c) if c else 0.0) for n, (s, c) in zip(names, totals.tolist()))

@@ -13,14 +13,21 @@ from timm.scheduler import create_scheduler_v2
 
 from .errors import ConfigError
 
+# timm names of torch optimizers with a fused implementation (CUDA and CPU): one kernel for all
+# parameters, step counters kept on the device, so an update makes no host sync and can be
+# captured in a CUDA graph. The foreach variant (torch's default) keeps the step count on the host
+# and launches several kernels per parameter group; the results agree to rounding.
+FUSED = ("adam", "adamw", "sgd", "momentum", "nesterov")
+
 # The names create_scheduler_v2 knows; it silently returns no scheduler for any other.
 TIMM_SCHEDULES = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "constant")
 
 
 def build_optimizer(cfg, model):
     """timm optimizer; biases and norm weights get no weight decay (timm's default, as upstream;
-    MAE's ``ndim == 1`` rule selects the same parameters in these models)."""
-    extra = {}
+    MAE's ``ndim == 1`` rule selects the same parameters in these models). torch's fused kernels
+    for the optimizers that have them (``FUSED``)."""
+    extra = {"fused": True} if str(cfg.opt).lower() in FUSED else {}
     if cfg.opt_eps is not None:
         extra["eps"] = cfg.opt_eps
     if cfg.opt_betas is not None:

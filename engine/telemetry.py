@@ -19,14 +19,16 @@ FIRING_EVERY = 50  # updates between firing-rate measurements (one forward each)
 STEP_UNITS = 1000  # TensorBoard steps per epoch for the per-update scalars
 
 
-def grad_norm(parameters, scaler) -> float:
-    """L2 norm of the true (unscaled) gradients, leaving them untouched."""
+def grad_norm(parameters, scaler) -> torch.Tensor:
+    """L2 norm of the true (unscaled) gradients, leaving them untouched: a 0-dim float32 tensor
+    on the gradients' device (reading it is left to the caller, with the loss: one host sync)."""
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
-        return 0.0
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).item()
-    scale = scaler.get_scale() if scaler.is_enabled() and not _unscaled(scaler) else 1.0
-    return norm / scale
+        return torch.zeros(())
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([g.float() for g in grads])))
+    if scaler.is_enabled() and not _unscaled(scaler):
+        norm = norm / scaler._get_scale_async()
+    return norm
 
 
 def _unscaled(scaler) -> bool:
@@ -60,15 +62,17 @@ class Telemetry:
             return FiringRates(self.model)
         return contextlib.nullcontext()
 
-    def update(self, step: int, loss: float, lr: float, norm: float, scaler, samples: int, meter=None) -> None:
-        """One optimizer update done (``step``: micro-batch index in the epoch)."""
+    def update(self, step: int, loss: float, lr: float, norm: float, loss_scale: float | None, samples: int,
+               meter=None) -> None:
+        """One optimizer update done (``step``: micro-batch index in the epoch; ``loss_scale``: the
+        fp16 loss scaler's scale, None without one)."""
         self._window_samples += samples
         now = time.perf_counter()
         elapsed = max(now - self._window_start, 1e-9)
         figures = {"loss": loss, "lr": lr, "grad_norm": norm, "img_per_s": self._window_samples / elapsed,
                    "data_time_share": min(self._window_data / elapsed, 1.0)}
-        if scaler.is_enabled():
-            figures["loss_scale"] = scaler.get_scale()
+        if loss_scale is not None:
+            figures["loss_scale"] = loss_scale
         if isinstance(meter, FiringRates):
             rates = meter.rates()
             figures["firing_rate"] = sum(rates.values()) / max(len(rates), 1)

@@ -3,6 +3,13 @@
 Spiking specifics: neuron state is reset after every micro-batch (as all three originals do,
 freeing the autograd graph the membrane potentials hold), and a non-finite loss stops the run
 at once with a message instead of training on NaNs.
+
+Host syncs: forward, backward and reset make none (tests/test_step_syncs.py). Each optimizer
+update reads its loss (and, with telemetry, the gradient norm and loss scale) from the device in
+one transfer, after the optimizer step has been queued: ``SYNCS_PER_UPDATE``. The fp16 loss
+scaler adds its own overflow check (``scaler.step``), and the firing-rate meter one read every
+``firing_every`` updates. A non-finite loss is therefore seen after its update has been applied in
+memory; the run stops before anything is saved, so the last checkpoint stays the last good one.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ from .distributed import all_reduce_sum
 from .errors import NonFiniteLoss  # noqa: F401  (re-exported)
 from .telemetry import grad_norm
 
+SYNCS_PER_UPDATE = 1   # the loss (with the gradient norm and loss scale): one device-to-host read
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The bare model inside DistributedDataParallel and/or torch.compile wrappers."""
@@ -74,6 +82,7 @@ def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Prec
     updates_per_epoch = len(loader) // accum
     num_updates = update_offset + epoch * updates_per_epoch
     loss_sum, seen = torch.zeros((), device=device, dtype=torch.float64), 0
+    update_loss, first_step = torch.zeros((), device=device, dtype=torch.float32), 0   # this update's, on the device
     optimizer.zero_grad(set_to_none=True)
     batches = progress if progress is not None else loader
     if telemetry is not None:
@@ -101,30 +110,37 @@ def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Prec
             with precision.autocast():
                 output = model(images)
                 loss = criterion(output, targets)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise NonFiniteLoss(f"loss is {loss_value} at epoch {epoch}, step {step}")
             scaler.scale(loss / accum).backward()
         reset_net(model)
-        if update:
-            if cfg.clip_grad is not None:
-                scaler.unscale_(optimizer)
-                dispatch_clip_grad(model.parameters(), value=cfg.clip_grad, mode=cfg.clip_mode)
-            norm = grad_norm(model.parameters(), scaler) if telemetry is not None else None
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            num_updates += 1
-            if model_ema is not None:
-                model_ema.update(unwrap(model), step=num_updates)
-            if scheduler is not None:
-                scheduler.step_update(num_updates=num_updates)
-        loss_sum += loss_value * images.shape[0]
+        loss = loss.detach()
+        update_loss += loss                    # stays on the device: no host sync per micro-batch
+        loss_sum += loss.double() * images.shape[0]
         seen += images.shape[0]
         samples_in_update += images.shape[0]
-        if update and telemetry is not None:
+        if not update:
+            waited_since = time.perf_counter()
+            continue
+        if cfg.clip_grad is not None:
+            scaler.unscale_(optimizer)
+            dispatch_clip_grad(model.parameters(), value=cfg.clip_grad, mode=cfg.clip_mode)
+        norm = grad_norm(model.parameters(), scaler) if telemetry is not None else None
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        num_updates += 1
+        if model_ema is not None:
+            model_ema.update(unwrap(model), step=num_updates)
+        if scheduler is not None:
+            scheduler.step_update(num_updates=num_updates)
+        loss_value, norm, loss_scale = _read_update(update_loss / accum, norm, scaler)   # the one sync
+        if not math.isfinite(loss_value):
+            micro = f"step {step}" if accum == 1 else f"steps {first_step}-{step}"
+            raise NonFiniteLoss(f"loss is {loss_value} at epoch {epoch}, {micro}")
+        update_loss.zero_()
+        first_step = step + 1
+        if telemetry is not None:
             meter.__exit__(None, None, None)
-            telemetry.update(step, loss_value, optimizer.param_groups[-1]["lr"], norm, scaler,
+            telemetry.update(step, loss_value, optimizer.param_groups[-1]["lr"], norm, loss_scale,
                              samples_in_update, meter)
             samples_in_update, meter = 0, None
         if progress is not None and hasattr(progress, "set_postfix_str"):
@@ -134,8 +150,21 @@ def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Prec
     if meter is not None:
         meter.__exit__(None, None, None)  # micro-batches after the last complete update
     totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(seen), device=device, dtype=torch.float64)]))
-    return {"loss": (totals[0] / totals[1]).item(), "lr": optimizer.param_groups[-1]["lr"],
-            "updates": num_updates}
+    epoch_loss = (totals[0] / totals[1]).item()
+    if not math.isfinite(epoch_loss):     # only the micro-batches after the last update can get here
+        raise NonFiniteLoss(f"loss is {epoch_loss} at epoch {epoch}, in the micro-batches after the last update")
+    return {"loss": epoch_loss, "lr": optimizer.param_groups[-1]["lr"], "updates": num_updates}
+
+
+def _read_update(loss: torch.Tensor, norm: torch.Tensor | None, scaler) -> tuple:
+    """The update's loss, gradient norm and loss scale as Python numbers, in one device-to-host read."""
+    values = [loss.float()]
+    if norm is not None:
+        values.append(norm.float().to(loss.device))
+        if scaler.is_enabled():
+            values.append(scaler._get_scale_async().float().reshape(()))
+    read = torch.stack(values).tolist()
+    return read[0], (read[1] if norm is not None else None), (read[2] if len(read) > 2 else None)
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 SYNC_NAMES = {"_local_scalar_dense", "item", "equal", "is_nonzero", "nonzero", "nonzero_static", "allclose",
@@ -34,6 +35,8 @@ METADATA_NAMES = {"empty", "empty_like", "empty_strided", "new_empty", "new_empt
                   "unbind", "chunk", "narrow", "_to_copy_meta", "_version", "sym_size", "sym_stride",
                   "sym_numel", "sym_storage_offset", "is_same_size", "record_stream", "_has_compatible_shallow_copy_type",
                   "unfold"}
+# Reads of a whole tensor into Python that bypass the dispatcher (seen as tensor methods instead).
+HOST_READ_METHODS = {"tolist", "numpy", "__array__"}
 _SYNC_TAGS = tuple(t for t in (getattr(torch.Tag, "data_dependent_output", None),
                                getattr(torch.Tag, "dynamic_output_shape", None)) if t is not None)
 
@@ -56,6 +59,19 @@ def launches_kernel(func) -> bool:
     return not getattr(func, "is_view", False)
 
 
+class _HostReads(TorchFunctionMode):
+    def __init__(self, census: "OpCensus"):
+        super().__init__()
+        self.census = census
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in HOST_READ_METHODS:
+            self.census.sync_ops[name] += 1
+            self.census.by_phase.setdefault(self.census.phase, Counter())["syncs"] += 1
+        return func(*args, **(kwargs or {}))
+
+
 class OpCensus(TorchDispatchMode):
     """Counts operators by name; ``syncs`` and ``launches`` as described in the module docstring.
 
@@ -70,6 +86,17 @@ class OpCensus(TorchDispatchMode):
         self.launch_ops: Counter = Counter()
         self.phase = "step"
         self.by_phase: dict[str, Counter] = {}
+        self._reads = _HostReads(self)
+
+    def __enter__(self):
+        self._reads.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self._reads.__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = op_name(func)
