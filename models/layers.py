@@ -204,8 +204,11 @@ def _norm_lif_pool(x: torch.Tensor, T: int, norm, neuron, pool) -> torch.Tensor:
         x = norm(x)
     if neuron is None:
         return pool(x) if pool is not None else x
-    x = neuron(x.reshape(T, -1, *x.shape[1:])).flatten(0, 1)
-    return memory.note_spikes(pool(x)) if pool is not None else x     # max-pooled spikes are spikes
+    if pool is not None:
+        x = neuron(x.reshape(T, -1, *x.shape[1:])).flatten(0, 1)
+        return memory.note_spikes(pool(x))                            # max-pooled spikes are spikes
+    with memory.tail():
+        return neuron(x.reshape(T, -1, *x.shape[1:])).flatten(0, 1)
 
 
 def _bn_pool_lif(x: torch.Tensor, T: int, norm, neuron, pool, merged_tb: bool, fix_tb_merge: bool) -> torch.Tensor:
@@ -213,10 +216,14 @@ def _bn_pool_lif(x: torch.Tensor, T: int, norm, neuron, pool, merged_tb: bool, f
     if pool is not None:
         x = pool(x)
     if neuron is not None and merged_tb:
-        x = lif_on_merged_tb(neuron, x, T, fix_tb_merge)
+        with memory.tail():
+            x = lif_on_merged_tb(neuron, x, T, fix_tb_merge)
         return x.reshape(T, -1, *x.shape[1:])
     x = x.reshape(T, -1, *x.shape[1:])
-    return neuron(x) if neuron is not None else x
+    if neuron is None:
+        return x
+    with memory.tail():
+        return neuron(x)
 
 
 def bn_lif(x: torch.Tensor, T: int, norm: nn.Module, neuron: nn.Module | None = None, pool: nn.Module | None = None,

@@ -120,17 +120,37 @@ def _forward_kernel(x_ptr, v0_ptr, spike_ptr, h_ptr, v_ptr, bits_ptr, scalars_pt
     tl.store(v_ptr + offs, v, mask=mask)
 
 
-def _backward_kernel(grad_spike_ptr, h_ptr, sg_ptr, grad_x_ptr, scalars_ptr, T, N,
+def _backward_kernel(grad_spike_ptr, h_ptr, sg_ptr, grad_x_ptr, x_ptr, v0_ptr, scalars_ptr, T, N,
                      RECIPROCAL: tl.constexpr, HOST_SIGMOID: tl.constexpr, IS_FP64: tl.constexpr,
-                     BLOCK: tl.constexpr):
+                     FROM_INPUT: tl.constexpr, HAS_V0: tl.constexpr, ONLY_H: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     tau = tl.load(scalars_ptr)
     inv_tau = tl.load(scalars_ptr + 1)
     v_th = tl.load(scalars_ptr + 2)
     alpha = tl.load(scalars_ptr + 3)
+    if FROM_INPUT:
+        # h_seq is not saved: run the forward recurrence from the saved input first, exactly as
+        # the forward kernel does (same operations, same order), into the scratch h_ptr
+        if HAS_V0:
+            v = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tau.dtype)
+        else:
+            v = tl.full([BLOCK], 0.0, dtype=tau.dtype)
+        x_ptrs = x_ptr + offs
+        h_ptrs = h_ptr + offs
+        for _ in range(T):
+            x = tl.load(x_ptrs, mask=mask, other=0.0).to(tau.dtype)
+            if RECIPROCAL:
+                h = v + (x - v) * inv_tau
+            else:
+                h = v + (x - v) / tau
+            tl.store(h_ptrs, h, mask=mask)
+            v = tl.where(h >= v_th, 0.0, h)
+            x_ptrs += N
+            h_ptrs += N
+        tl.debug_barrier()     # each element is read back by the thread that wrote it; for clarity
     grad_v = tl.full([BLOCK], 0.0, dtype=tau.dtype)   # the last step's potential feeds nothing
-    for i in range(T):
+    for i in range(0 if ONLY_H else T):
         at = (T - 1 - i).to(tl.int64) * N + offs
         h = tl.load(h_ptr + at, mask=mask, other=0.0)
         grad_s = tl.load(grad_spike_ptr + at, mask=mask, other=0.0).to(tau.dtype)
@@ -239,9 +259,18 @@ def forward(x_seq: torch.Tensor, v0: torch.Tensor | None, tau: float, v_threshol
     return spikes, v_last, h_seq, bits
 
 
-def backward(grad_spikes: torch.Tensor, h_seq: torch.Tensor, tau: float, v_threshold: float, alpha: float,
-             dtype: torch.dtype) -> torch.Tensor:
-    """The input gradient, in ``dtype`` and contiguous (as autograd builds it for the torch loop)."""
+def backward(grad_spikes: torch.Tensor, h_seq: torch.Tensor | None, tau: float, v_threshold: float, alpha: float,
+             dtype: torch.dtype, x_seq: torch.Tensor | None = None, v0: torch.Tensor | None = None) -> torch.Tensor:
+    """The input gradient, in ``dtype`` and contiguous (as autograd builds it for the torch loop).
+
+    Without ``h_seq``, from `x_seq` (the forward's input) and `v0` (its starting potential, or
+    None): the same launch first recomputes ``h_seq`` into scratch memory."""
+    from_input, has_v0 = h_seq is None, v0 is not None
+    if from_input:
+        x_seq = x_seq.contiguous()
+        h_seq = torch.empty(x_seq.shape, dtype=torch.float64 if x_seq.dtype == torch.float64 else torch.float32,
+                            device=x_seq.device)
+        v0 = v0.detach().expand(x_seq.shape[1:]).contiguous() if has_v0 else h_seq
     _, kernel, interpret, block = _launch_setup(h_seq.device)
     grad_spikes = grad_spikes.contiguous()
     T, N = h_seq.shape[0], h_seq[0].numel()
@@ -249,6 +278,16 @@ def backward(grad_spikes: torch.Tensor, h_seq: torch.Tensor, tau: float, v_thres
     store_dtype = torch.float32 if interpret and dtype == torch.bfloat16 else dtype
     grad_x = torch.empty(h_seq.shape, dtype=store_dtype, device=h_seq.device)
     sg = h_seq   # unused pointer unless the sigmoid comes from torch
+    common = dict(RECIPROCAL=divides_by_reciprocal(h_seq.device), IS_FP64=h_seq.dtype == torch.float64,
+                  HAS_V0=has_v0, BLOCK=block, **compile_options())
+    grid = (triton.cdiv(N, block),)
+    if interpret and from_input and N > 0:
+        # the interpreter's sigmoid comes from torch (below), which needs h_seq: a first pass of
+        # the same kernel computes only that
+        kernel[grid](grad_spikes, h_seq, sg, grad_x, x_seq, v0, _scalars(h_seq.device, h_seq.dtype, tau, v_threshold,
+                                                                         alpha), T, N,
+                     HOST_SIGMOID=True, FROM_INPUT=True, ONLY_H=True, **common)
+        from_input = False
     if interpret:
         # torch's sigmoid per step on a tensor shaped like the loop's (its CPU result depends on
         # which elements fall into SIMD lanes); the kernel does the rest.
@@ -256,10 +295,9 @@ def backward(grad_spikes: torch.Tensor, h_seq: torch.Tensor, tau: float, v_thres
         for t in range(T):
             sg[t] = ((h_seq[t] - v_threshold) * alpha).sigmoid_()
     if N > 0:
-        kernel[(triton.cdiv(N, block),)](
-            grad_spikes, h_seq, sg, grad_x, _scalars(h_seq.device, h_seq.dtype, tau, v_threshold, alpha), T, N,
-            RECIPROCAL=divides_by_reciprocal(h_seq.device), HOST_SIGMOID=interpret, IS_FP64=h_seq.dtype == torch.float64,
-            BLOCK=block, **compile_options())
+        kernel[grid](grad_spikes, h_seq, sg, grad_x, x_seq if from_input else h_seq, v0 if from_input else h_seq,
+                     _scalars(h_seq.device, h_seq.dtype, tau, v_threshold, alpha), T, N,
+                     HOST_SIGMOID=interpret, FROM_INPUT=from_input, ONLY_H=False, **common)
     return grad_x.to(dtype)
 
 
@@ -270,7 +308,8 @@ torch.library.custom_op(
     schema="(Tensor x_seq, Tensor? v0, float tau, float v_threshold, float alpha, bool pack) -> (Tensor, Tensor, Tensor, Tensor)")
 torch.library.custom_op(
     "spiking_transformers::lif_triton_backward", backward, mutates_args=(),
-    schema="(Tensor grad_spikes, Tensor h_seq, float tau, float v_threshold, float alpha, ScalarType dtype) -> Tensor")
+    schema="(Tensor grad_spikes, Tensor? h_seq, float tau, float v_threshold, float alpha, ScalarType dtype, "
+           "Tensor? x_seq=None, Tensor? v0=None) -> Tensor")
 
 
 @torch.library.register_fake("spiking_transformers::lif_triton_forward")
@@ -282,8 +321,8 @@ def _forward_fake(x_seq, v0, tau, v_threshold, alpha, pack):
 
 
 @torch.library.register_fake("spiking_transformers::lif_triton_backward")
-def _backward_fake(grad_spikes, h_seq, tau, v_threshold, alpha, dtype):
-    return h_seq.new_empty(h_seq.shape, dtype=dtype)
+def _backward_fake(grad_spikes, h_seq, tau, v_threshold, alpha, dtype, x_seq=None, v0=None):
+    return grad_spikes.new_empty(grad_spikes.shape, dtype=dtype)
 
 
 class TritonLIF(torch.autograd.Function):
@@ -292,14 +331,29 @@ class TritonLIF(torch.autograd.Function):
 
     ``v0`` (the potential left by a previous call, or None for 0) is used as a constant, as in the
     fused backend. Saves ``h_seq`` only (see the module docstring). ``bits``: see :func:`forward`.
+
+    ``tail`` (:func:`models.memory.tail_mode`): the neuron ends a segment that compact memory
+    recomputes in backward. It then saves its input instead of ``h_seq`` ("first") and, when the
+    segment is replayed, launches nothing at all ("replay": its outputs are left unwritten, nothing
+    reads them): the backward launch recomputes ``h_seq`` from the input itself.
     """
 
     @staticmethod
-    def forward(ctx, x_seq, v0, tau: float, v_threshold: float, alpha: float, pack: bool = False):
-        spikes, v_last, h_seq, bits = torch.ops.spiking_transformers.lif_triton_forward(
-            x_seq, v0, tau, v_threshold, alpha, pack)
-        ctx.save_for_backward(h_seq)
+    def forward(ctx, x_seq, v0, tau: float, v_threshold: float, alpha: float, pack: bool = False,
+                tail: str | None = None):
         ctx.tau, ctx.v_threshold, ctx.alpha, ctx.dtype = tau, v_threshold, alpha, x_seq.dtype
+        ctx.from_input = tail is not None
+        if tail == "replay":
+            empty = x_seq.new_empty((0,), dtype=torch.uint8)
+            spikes, v_last, bits = torch.empty_like(x_seq), x_seq.new_empty(x_seq.shape[1:]), empty
+        else:
+            spikes, v_last, h_seq, bits = torch.ops.spiking_transformers.lif_triton_forward(
+                x_seq, v0, tau, v_threshold, alpha, pack)
+        if ctx.from_input:
+            ctx.has_v0 = v0 is not None
+            ctx.save_for_backward(x_seq, *((v0,) if v0 is not None else ()))
+        else:
+            ctx.save_for_backward(h_seq)
         ctx.mark_non_differentiable(v_last, bits)
         ctx.set_materialize_grads(False)    # no zero-filled gradients for v_last and bits: no launches
         return spikes, v_last, bits
@@ -307,8 +361,13 @@ class TritonLIF(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes, grad_v_last, grad_bits):
         if grad_spikes is None:
-            return None, None, None, None, None, None
-        (h_seq,) = ctx.saved_tensors
-        grad_x = torch.ops.spiking_transformers.lif_triton_backward(grad_spikes, h_seq, ctx.tau, ctx.v_threshold,
-                                                                      ctx.alpha, ctx.dtype)
-        return grad_x, None, None, None, None, None
+            return None, None, None, None, None, None, None
+        backward = torch.ops.spiking_transformers.lif_triton_backward
+        if ctx.from_input:
+            x_seq, *v0 = ctx.saved_tensors
+            grad_x = backward(grad_spikes, None, ctx.tau, ctx.v_threshold, ctx.alpha, ctx.dtype, x_seq,
+                              v0[0] if v0 else None)
+        else:
+            (h_seq,) = ctx.saved_tensors
+            grad_x = backward(grad_spikes, h_seq, ctx.tau, ctx.v_threshold, ctx.alpha, ctx.dtype)
+        return grad_x, None, None, None, None, None, None

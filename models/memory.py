@@ -373,6 +373,25 @@ def _neurons(modules):
     return [m for mod in modules for m in mod.modules() if isinstance(m, LIF)]
 
 
+@contextlib.contextmanager
+def tail():
+    """Around the neuron that ends a :func:`recompute` segment (its spikes leave the segment and
+    nothing inside it reads them): :func:`tail_mode` tells that neuron which run this is."""
+    _state.tail = getattr(_state, "segment", None)
+    try:
+        yield
+    finally:
+        _state.tail = None
+
+
+def tail_mode() -> str | None:
+    """For a neuron inside :func:`tail`: "first" (the segment's first run, in the forward pass) or
+    "replay" (its run again in backward), else None. A neuron with a backward kernel that can
+    recompute its state from its input (the Triton backend) saves that input and, in the replay,
+    need not run at all."""
+    return getattr(_state, "tail", None)
+
+
 def recompute(fn, x: torch.Tensor, *modules: nn.Module) -> torch.Tensor:
     """``fn(x)``; inside a compact training forward, keep only `x` and run `fn` again in backward.
 
@@ -383,12 +402,18 @@ def recompute(fn, x: torch.Tensor, *modules: nn.Module) -> torch.Tensor:
         return fn(x)
     neurons = _neurons(modules)
     start = [n.v for n in neurons]
+    runs = [0]
 
     def run(inp):
         for n, v in zip(neurons, start):
             n.v = v
-        with no_recompute():
-            return fn(inp)
+        _state.segment = "replay" if runs[0] else "first"
+        runs[0] += 1
+        try:
+            with no_recompute():
+                return fn(inp)
+        finally:
+            _state.segment = None
 
     return checkpoint(run, x, use_reentrant=False, preserve_rng_state=False,
                       context_fn=lambda: (contextlib.nullcontext(), FrozenBatchNormStats(modules)))

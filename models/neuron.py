@@ -191,7 +191,8 @@ class LIF(_sj_neuron.MultiStepLIFNode):
             # float16/bfloat16 input is integrated in float32 inside the kernels, as below
             pack = memory.packing() and torch.is_grad_enabled()
             spikes, self.v, bits = _lif_triton().TritonLIF.apply(x_seq, v0, float(self.tau), float(self.v_threshold),
-                                                                 float(self.surrogate_function.alpha), pack)
+                                                                 float(self.surrogate_function.alpha), pack,
+                                                                 memory.tail_mode())
             self._bits = bits if bits.numel() else None
             self.v_seq = None
             return spikes

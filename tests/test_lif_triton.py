@@ -19,6 +19,7 @@ from models import lif_triton, neuron  # noqa: E402
 from models.neuron import LIF  # noqa: E402
 from conftest import requires_cuda  # noqa: E402
 from reference import TINY, make_input, run_case  # noqa: E402
+from tools.op_census import OpCensus  # noqa: E402
 
 ALPHA = 4.0
 
@@ -127,10 +128,18 @@ def test_cuda_kernels_compile_to_ieee_arithmetic_without_contraction():
     assert re.search(r"\bfma\.", _ptx(forward, fwd_sig, fwd_const, {}))
     assert not re.search(r"\bfma\.", _ptx(forward, fwd_sig, fwd_const, options))
     bwd_sig = {"grad_spike_ptr": "*fp16", "h_ptr": "*fp32", "sg_ptr": "*fp32", "grad_x_ptr": "*fp16",
-               "scalars_ptr": "*fp32", "T": "i32", "N": "i32", "RECIPROCAL": "constexpr",
-               "HOST_SIGMOID": "constexpr", "IS_FP64": "constexpr", "BLOCK": "constexpr"}
+               "x_ptr": "*fp16", "v0_ptr": "*fp32", "scalars_ptr": "*fp32", "T": "i32", "N": "i32",
+               "RECIPROCAL": "constexpr", "HOST_SIGMOID": "constexpr", "IS_FP64": "constexpr",
+               "FROM_INPUT": "constexpr", "HAS_V0": "constexpr", "ONLY_H": "constexpr", "BLOCK": "constexpr"}
+    # FROM_INPUT: the forward recurrence runs first in the same kernel (compact memory's replay)
     ptx = _ptx(backward, bwd_sig, {"RECIPROCAL": True, "HOST_SIGMOID": False, "IS_FP64": False,
+                                   "FROM_INPUT": True, "HAS_V0": True, "ONLY_H": False,
                                    "BLOCK": lif_triton.BLOCK_GPU}, options)
+    without = _ptx(backward, bwd_sig, {"RECIPROCAL": True, "HOST_SIGMOID": False, "IS_FP64": False,
+                                       "FROM_INPUT": False, "HAS_V0": True, "ONLY_H": False,
+                                       "BLOCK": lif_triton.BLOCK_GPU}, options)
+    # the recurrence adds no fma (v + (x - v) * inv_tau stays two roundings): only libdevice's expf has them
+    assert len(re.findall(r"\bfma\.", ptx)) == len(re.findall(r"\bfma\.", without))
     assert "div.rn.f32" in ptx and not re.search(r"div\.(full|approx)", ptx)   # IEEE 1 / (1 + e)
     assert "fma.rm.f32" in ptx    # libdevice's expf (its range reduction), not tl.exp's bare ex2.approx
     assert "ex2.approx.ftz.f32" in ptx and not re.search(r"\b(add|sub|mul|div)\.[a-z.]*ftz", ptx)
@@ -323,3 +332,28 @@ def test_gpu_models_are_bit_identical_with_triton(name, monkeypatch):
     assert same(outs["triton", "compact", torch.float16], outs["triton", "standard", torch.float16])
     if ("cupy", "compact", torch.float16) in outs:
         assert same(outs["cupy", "compact", torch.float16], outs["cupy", "standard", torch.float16])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("with_v0", [False, True])
+def test_backward_from_the_input_equals_the_saved_potentials(dtype, with_v0):
+    """Compact memory's tail neuron saves its input, and the backward launch recomputes h_seq:
+    the same input gradient bits as from the saved h_seq; the replay launches nothing."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(4, 3001, generator=g) * 1.5 + 0.4).to(dtype)
+    v0 = torch.rand(3001, generator=g).to(torch.float64 if dtype == torch.float64 else torch.float32) \
+        if with_v0 else None
+    grad = torch.randn(4, 3001, generator=g).to(dtype)
+    results = []
+    for tail in (None, "first"):
+        xi = x.clone().requires_grad_()
+        spikes, _, _ = lif_triton.TritonLIF.apply(xi, v0, 2.0, 1.0, ALPHA, False, tail)
+        spikes.backward(grad)
+        results.append((spikes, xi.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    xi = x.clone().requires_grad_()
+    with OpCensus() as census:
+        spikes, _, _ = lif_triton.TritonLIF.apply(xi, v0, 2.0, 1.0, ALPHA, False, "replay")
+    assert census.launches == 0
+    spikes.backward(grad)
+    assert torch.equal(xi.grad, results[0][1])
