@@ -161,6 +161,8 @@ class Config:
     grad_checkpointing: bool = key(False, 'recompute blocks in backward: less memory, same gradients',
         group='optimisation')
     compile: bool = key(False, 'torch.compile the model (slow to start; see README)', group='optimisation')
+    cuda_graph: bool = key(False, 'replay each training step (and evaluation forward) as one CUDA graph after a '
+                           'warm-up; CUDA only', group='optimisation')
     model_ema: bool = key(False, 'keep an exponential moving average of the weights (validated and saved too)',
         group='optimisation')
     model_ema_decay: float = key(0.9998, 'EMA decay per update', group='optimisation')

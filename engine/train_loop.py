@@ -26,6 +26,7 @@ from models import reset_net
 
 from .distributed import all_reduce_sum
 from .errors import NonFiniteLoss  # noqa: F401  (re-exported)
+from .firing import FiringRates
 from .telemetry import grad_norm
 
 SYNCS_PER_UPDATE = 1   # the loss (with the gradient norm and loss scale): one device-to-host read
@@ -70,11 +71,12 @@ class Precision:
 
 def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Precision, epoch: int, cfg,
                     scheduler=None, model_ema=None, mixup_fn=None, progress=None,
-                    update_offset: int = 0, batch_aug=None, telemetry=None) -> dict:
+                    update_offset: int = 0, batch_aug=None, telemetry=None, graph_step=None) -> dict:
     """Train one epoch with ``cfg.accum_iter`` micro-batches per optimizer step.
 
     ``batch_aug`` transforms a whole batch on the device before mixup (the DVS augmentation).
     ``telemetry`` (engine/telemetry.py) receives per-update figures; it does not change them.
+    ``graph_step`` (engine/cuda_graph.py): updates replayed as a CUDA graph where it takes them.
     """
     model.train()
     device = precision.device
@@ -104,14 +106,18 @@ def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Prec
         if mixup_fn is not None:
             images, targets = mixup_fn(images, targets)
         update = (step + 1) % accum == 0
-        # DDP: synchronise gradients only on the micro-batch that completes an update.
-        sync = model.no_sync() if (hasattr(model, "no_sync") and not update) else contextlib.nullcontext()
-        with sync:
-            with precision.autocast():
-                output = model(images)
-                loss = criterion(output, targets)
-            scaler.scale(loss / accum).backward()
-        reset_net(model)
+        graphed = graph_step is not None and update and graph_step.wants(metering=isinstance(meter, FiringRates))
+        if graphed:        # forward, backward, clipping and optimizer step: one replay
+            loss = graph_step.run(images, targets)
+        else:
+            # DDP: synchronise gradients only on the micro-batch that completes an update.
+            sync = model.no_sync() if (hasattr(model, "no_sync") and not update) else contextlib.nullcontext()
+            with sync:
+                with precision.autocast():
+                    output = model(images)
+                    loss = criterion(output, targets)
+                scaler.scale(loss / accum).backward()
+            reset_net(model)
         loss = loss.detach()
         update_loss += loss                    # stays on the device: no host sync per micro-batch
         loss_sum += loss.double() * images.shape[0]
@@ -120,13 +126,15 @@ def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Prec
         if not update:
             waited_since = time.perf_counter()
             continue
-        if cfg.clip_grad is not None:
+        if cfg.clip_grad is not None and not graphed:
             scaler.unscale_(optimizer)
             dispatch_clip_grad(model.parameters(), value=cfg.clip_grad, mode=cfg.clip_mode)
         norm = grad_norm(model.parameters(), scaler) if telemetry is not None else None
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        if not graphed:
+            scaler.step(optimizer)
+            scaler.update()
+        # a captured graph writes its gradients into the same tensors at every replay: keep them
+        optimizer.zero_grad(set_to_none=graph_step is None or graph_step.graph is None)
         num_updates += 1
         if model_ema is not None:
             model_ema.update(unwrap(model), step=num_updates)
@@ -168,10 +176,11 @@ def _read_update(loss: torch.Tensor, norm: torch.Tensor | None, scaler) -> tuple
 
 
 @torch.no_grad()
-def evaluate(model, loader, precision: Precision, progress=None, amp: bool = True) -> dict:
+def evaluate(model, loader, precision: Precision, progress=None, amp: bool = True, forward=None) -> dict:
     """Cross-entropy loss, top-1 and top-5 accuracy (%) over the whole split, all processes.
 
-    ``amp=False`` evaluates in float32 even when training uses mixed precision.
+    ``amp=False`` evaluates in float32 even when training uses mixed precision. ``forward``: what
+    computes the logits instead of ``model`` (engine/cuda_graph.py's GraphedForward).
     """
     model.eval()
     device = precision.device
@@ -179,8 +188,11 @@ def evaluate(model, loader, precision: Precision, progress=None, amp: bool = Tru
     for images, targets in (progress if progress is not None else loader):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        with precision.autocast() if amp else contextlib.nullcontext():
-            output = model(images)
+        if forward is not None:
+            output = forward(images)
+        else:
+            with precision.autocast() if amp else contextlib.nullcontext():
+                output = model(images)
         reset_net(model)
         output = output.float()
         k = min(5, output.shape[1])

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import torch
+from timm.utils import dispatch_clip_grad
 
 import models
 
-from . import distributed
+from . import cuda_graph, distributed
 from .checkpoint import find_resume, load_training_state, save_atomic, set_rng_state, training_state
 from .config import Config, ConfigError, dump
 from .data import prepare_dataset
@@ -93,6 +94,7 @@ class Training:
         self.lr_origin = "" if cfg.lr is not None else f" (= blr {cfg.blr:g} x effective batch / 256)"
         # From here on lr is absolute (config.yaml and checkpoints record it, without blr).
         self.cfg = cfg = dataclasses.replace(cfg, accum_iter=accum, lr=lr, blr=None)
+        cuda_graph.check_available(cfg, info.device)     # before any data is touched
         self.info, self.log, self.resume_path = info, log, resume_path
         seed_everything(cfg.seed)  # the same initial weights on every rank (and so the same EMA)
         self.num_classes = num_classes(cfg)
@@ -120,7 +122,25 @@ class Training:
         self.mixup_fn = build_mixup(cfg, self.num_classes)
         self.start_epoch, self.best, self.last_val = 0, (-1.0, -1), {}
         self.telemetry = Telemetry(log, self.net)
+        self.graph_step, self.graph_eval = self._cuda_graphs()
         self.steps_left = 0  # training steps until the end, for the run's ETA in log lines
+
+    def _cuda_graphs(self):
+        """engine/cuda_graph.py's replayed training step and evaluation forward, if asked for and possible."""
+        cfg = self.cfg
+        if not cfg.cuda_graph:
+            return None, None
+        reason = cuda_graph.eager_reason(cfg, self.model, self.net, self.precision, self.scaler)
+        graph_eval = None if cfg.compile else cuda_graph.GraphedForward(self.net, self.precision, cfg.eval_amp)
+        if reason:
+            self.log.info(f"cuda_graph: the training step runs eagerly: {reason}")
+            return None, graph_eval
+
+        def clip():
+            if cfg.clip_grad is not None:
+                dispatch_clip_grad(self.model.parameters(), value=cfg.clip_grad, mode=cfg.clip_mode)
+        return (cuda_graph.GraphedTrainStep(self.net, self.criterion, self.optimizer, self.precision, cfg, clip),
+                graph_eval)
 
     # --- resume ----------------------------------------------------------------------------
     def resume(self) -> None:
@@ -201,13 +221,14 @@ class Training:
             train_stats = train_one_epoch(self.net, self.loader, self.optimizer, self.criterion, self.scaler,
                                           self.precision, epoch, cfg, self.scheduler, self.model_ema, self.mixup_fn,
                                           bar, batch_aug=augment_batch if cfg.dvs_aug else None,
-                                          telemetry=self.telemetry)
+                                          telemetry=self.telemetry, graph_step=self.graph_step)
         except NonFiniteLoss as exc:
             raise NonFiniteLoss(f"{exc}; stopped, {self._last_good(epoch)}. Resume (--resume auto) with "
                                 f"--clip-grad or without float16 (--no-amp or --amp-dtype bfloat16), or start "
                                 f"again with a lower --lr.") from None
         val = evaluate(self.net, self.val_loader, self.precision,
-                       log.progress(self.val_loader, len(self.val_loader), f"val {epoch}"), amp=cfg.eval_amp)
+                       log.progress(self.val_loader, len(self.val_loader), f"val {epoch}"), amp=cfg.eval_amp,
+                       forward=self.graph_eval)
         record = {"epoch": epoch, "train_loss": train_stats["loss"], "lr": train_stats["lr"],
                   **{f"val_{k}": v for k, v in val.items()}}
         metric, scalars = val, {f"val/{k}": val[k] for k in ("loss", "top1", "top5")}
