@@ -11,14 +11,18 @@ def test_dry_run_runs_every_part_and_writes_the_report(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     report = gpu_check.main(["--out", str(tmp_path), "--device", "cpu", "--tiny", "--families", "spikingformer_8_384"])
     parts = report["parts"]
-    assert list(parts) == ["versions", "backends", "lif_speed", "train_spikingformer_8_384", "best", "pytest_gpu",
-                           "train_runs"]
+    assert list(parts) == ["versions", "step_census", "backends", "lif_speed", "train_spikingformer_8_384", "best",
+                           "pytest_gpu", "train_runs"]
     assert {k: p["status"] for k, p in parts.items()} == dict.fromkeys(parts, "ok"), \
         {k: p.get("error") for k, p in parts.items()}
     backends = parts["backends"]["result"]
     assert {r["backend"] for r in backends["lif"]} == {"fused", "triton"} and backends["skipped"]["cupy"] == "needs CUDA"
     assert all(r["spikes_equal"] and r["v_equal"] and r["grads_equal"] for r in backends["lif"])
     assert all(r["logits_equal"] and r["grads_equal"] for r in backends["models"])
+    census = parts["step_census"]["result"]["models"]["qkformer_cifar_4_384@32px/b2"]
+    assert census["triton+bf16"]["aten_syncs_per_step"] == 1.0           # the update's loss read, nothing else
+    assert census["triton+bf16"]["launch_ops_per_step"] > 100
+    assert census["triton+bf16+graph"]["status"] == "skipped"
     speed = parts["lif_speed"]["result"]
     assert {(r["T"], r["backend"]) for r in speed["rows"] if r.get("ms", 0) > 0} == \
         {(T, b) for T in (2, 4) for b in ("torch", "fused", "triton")}

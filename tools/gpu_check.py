@@ -6,6 +6,10 @@
 Parts, in this order (the most important first; each runs only if the time budget has room):
 
 1. ``versions``: torch, CUDA, cuDNN, GPU, driver, Triton, cupy, spikingjelly, timm, TF32 flags.
+1b. ``step_census``: one real training update (engine loop, fused AdamW) of QKFormer-10-384 at 224 px
+   (batch 32) and the three CIFAR 4-384 models (batch 64): host syncs, kernel launches, step time
+   and peak memory for the originals' setup (cupy + fp16), the default (triton + fp16, compact
+   memory), bf16, bf16 + ``--cuda-graph`` and standard storage (tools/step_census.py).
 2. ``backends``: each LIF backend (fused, triton, cupy) against spikingjelly's torch loop on the
    device: spikes, potentials and input gradients equal, and the largest difference; float16 and
    bfloat16 input (Triton vs fused); and each family end to end (logits, all gradients).
@@ -52,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402
 from models import neuron  # noqa: E402
+from tools import step_census  # noqa: E402
 from tools.benchmark import Runner, deviation, parse_setup  # noqa: E402
 
 FAMILIES = ("qkformer_10_384", "spikingformer_8_384", "sglformer_8_384")
@@ -306,6 +311,52 @@ def part_lif_speed(ctx) -> dict:
     return result
 
 
+CENSUS_MODELS = (("qkformer_10_384", 224, 32), ("qkformer_cifar_4_384", 32, 64),
+                 ("spikingformer_cifar_4_384", 32, 64), ("sglformer_cifar_4_384", 32, 64))
+
+
+def part_step_census(ctx) -> dict:
+    device, tiny = ctx["device"], ctx["tiny"]
+    result = {"setups": list(step_census.SETUPS), "models": {}}
+    ctx["report"].part("step_census")["result"] = result
+    todo = [("qkformer_cifar_4_384", 32, 2)] if tiny else CENSUS_MODELS
+    for name, size, batch in todo:
+        kwargs = dict(TINY_MODEL["qkformer"], T=1, img_size=size) if tiny else dict(T=4, img_size=size)
+        rows = result["models"].setdefault(f"{name}@{size}px/b{batch}", {})
+        for setup in step_census.SETUPS:
+            reason = step_census.skip_reason(setup, device)
+            limit = min(ctx["args"].setup_limit, ctx["remaining"]() - ctx["reserve"] - 5)
+            if reason or limit < 10:
+                rows[setup] = {"status": "skipped", "reason": reason or "time budget used up"}
+                continue
+            start = time.perf_counter()
+            try:
+                free_memory(device)
+                with time_limit(limit):
+                    rows[setup] = step_census.measure(name, setup, device, batch, steps=2 if tiny else 5, **kwargs)
+            except (Exception, PartTimeout) as exc:
+                rows[setup] = {"status": "timeout" if isinstance(exc, PartTimeout) else "failed", "error": error_text(exc)}
+            rows[setup]["seconds"] = round(time.perf_counter() - start, 1)
+            free_memory(device)
+            ctx["report"].write()
+        base = rows.get(CUPY_FP16, {})
+        for row in rows.values():
+            if row.get("status") == "ok" and base.get("status") == "ok":
+                row["time_vs_cupy_fp16"] = row["step_ms"] / base["step_ms"]
+                if row.get("peak_mb") and base.get("peak_mb"):
+                    row["memory_vs_cupy_fp16"] = row["peak_mb"] / base["peak_mb"]
+        targets = result.setdefault("targets", {})
+        if name == "qkformer_10_384" and rows.get("triton+fp16", {}).get("time_vs_cupy_fp16"):
+            targets["qkformer_10_384 default time <= 0.6x cupy+fp16"] = rows["triton+fp16"]["time_vs_cupy_fp16"] <= 0.6
+            if rows["triton+fp16"].get("memory_vs_cupy_fp16"):
+                targets["qkformer_10_384 default peak <= 0.4x cupy+fp16"] = \
+                    rows["triton+fp16"]["memory_vs_cupy_fp16"] <= 0.4
+        if "cifar" in name and rows.get("triton+bf16+graph", {}).get("time_vs_cupy_fp16"):
+            targets[f"{name} default+graph time <= 0.4x cupy+fp16"] = \
+                rows["triton+bf16+graph"]["time_vs_cupy_fp16"] <= 0.4
+    return result
+
+
 def family_kwargs(name: str, tiny: bool) -> dict:
     if not tiny:
         return dict(T=4, img_size=224)
@@ -548,6 +599,20 @@ def markdown(data: dict) -> str:
         targets = {k: v for k, v in s.items() if k.startswith("target_")}
         if targets:
             lines += ["", "targets: " + json.dumps(targets)]
+    c = parts.get("step_census", {}).get("result")
+    if c:
+        lines += ["", "One training update (engine loop, fused AdamW): host syncs, kernel launches, time, peak memory:", "",
+                  "| model | setup | status | syncs | aten syncs | launches | launch ops | step ms | x cupy+fp16 | "
+                  "peak MB | mem x cupy+fp16 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for model, rows in c["models"].items():
+            for setup, row in rows.items():
+                lines.append(f"| {model} | {setup} | {row.get('status')} {row.get('reason', row.get('error', ''))[:60]} | "
+                             f"{_fmt(row.get('syncs_per_step'))} | {_fmt(row.get('aten_syncs_per_step'))} | "
+                             f"{_fmt(row.get('launches_per_step'), '.0f')} | {_fmt(row.get('launch_ops_per_step'), '.0f')} | "
+                             f"{_fmt(row.get('step_ms'))} | {_fmt(row.get('time_vs_cupy_fp16'), '.2f')} | "
+                             f"{_fmt(row.get('peak_mb'), '.0f')} | {_fmt(row.get('memory_vs_cupy_fp16'), '.2f')} |")
+        if c.get("targets"):
+            lines += ["", "targets: " + json.dumps(c["targets"])]
     for name in [n for n in parts if n.startswith("train_") and n != "train_runs"] + ["best"]:
         r = parts.get(name, {}).get("result")
         if not r:
@@ -599,7 +664,8 @@ def main(argv=None) -> dict:
         print("error: --device cuda but torch sees no GPU; use --device cpu --tiny for a dry run", file=sys.stderr)
         sys.exit(2)
     # (name, function, seconds it needs at least, seconds it leaves for the parts after it)
-    parts = [("versions", part_versions, 5, 0), ("backends", part_backends, 15, 0), ("lif_speed", part_lif_speed, 15, 0)]
+    parts = [("versions", part_versions, 5, 0), ("step_census", part_step_census, 20, 240),
+             ("backends", part_backends, 15, 0), ("lif_speed", part_lif_speed, 15, 0)]
     parts += [(f"train_{n}", (lambda c, n=n: part_train(c, n)), 20, 0) for n in args.families]
     parts += [("best", part_best, 20, 150), ("pytest_gpu", part_pytest_gpu, 20, 90),
               ("train_runs", part_train_runs, 20, 0)]
