@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from torch.utils.checkpoint import checkpoint
 
+from . import bn_lif as bn_lif_node
 from . import memory
 from .neuron import lif, reset_net
 from .op_counts import ssa_op_counts, ssa_spike_ops
@@ -181,7 +182,9 @@ class ConvUnits(Checkpointable):
         for u in self.units:
             neuron, pool = part.get(f"{u.name}_lif"), part.get(f"{u.name}_maxpool")
             segment = functools.partial(_norm_lif_pool, T=T, norm=norm, neuron=neuron, pool=pool)
-            if norm is not None:
+            if norm is not None and pool is None and neuron is not None and bn_lif_node.applies(x, norm, neuron):
+                x = neuron(x, norm=norm, lif_shape=(T, x.shape[0] // T, *x.shape[1:])).flatten(0, 1)
+            elif norm is not None:
                 x = memory.recompute(segment, x, *(m for m in (norm, neuron, pool) if m is not None))
             else:   # a real-valued block input: keeping it costs what the neuron keeps, nothing to gain
                 x = segment(x)
@@ -234,6 +237,10 @@ def bn_lif(x: torch.Tensor, T: int, norm: nn.Module, neuron: nn.Module | None = 
     the tail runs again there (:func:`models.memory.recompute`). ``merged_tb``: the LIF sees T
     and B merged, as in some originals (see :func:`lif_on_merged_tb`).
     """
+    if pool is None and neuron is not None and bn_lif_node.applies(x, norm, neuron):
+        # one autograd node on the Triton path: nothing to recompute (models/bn_lif.py)
+        lif_shape = tuple(x.shape) if merged_tb and not fix_tb_merge else (T, x.shape[0] // T, *x.shape[1:])
+        return neuron(x, norm=norm, lif_shape=lif_shape).reshape(T, -1, *x.shape[1:])
     fn = functools.partial(_bn_pool_lif, T=T, norm=norm, neuron=neuron, pool=pool, merged_tb=merged_tb,
                            fix_tb_merge=fix_tb_merge)
     return memory.recompute(fn, x, *(m for m in (norm, neuron, pool) if m is not None))

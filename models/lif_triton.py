@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import os
+import types
 
 import torch
 
@@ -75,7 +76,8 @@ def interpreting() -> bool:
 # one mode when they are defined and fail in the other.
 
 def _forward_kernel(x_ptr, v0_ptr, spike_ptr, h_ptr, v_ptr, bits_ptr, scalars_ptr, T, N,
-                    HAS_V0: tl.constexpr, RECIPROCAL: tl.constexpr, PACK: tl.constexpr, BLOCK: tl.constexpr):
+                    HAS_V0: tl.constexpr, RECIPROCAL: tl.constexpr, PACK: tl.constexpr, STORE_H: tl.constexpr,
+                    BLOCK: tl.constexpr):
     start = tl.program_id(0).to(tl.int64) * BLOCK
     offs = start + tl.arange(0, BLOCK)
     mask = offs < N
@@ -102,7 +104,8 @@ def _forward_kernel(x_ptr, v0_ptr, spike_ptr, h_ptr, v_ptr, bits_ptr, scalars_pt
         else:
             h = v + (x - v) / tau
         fired = h >= v_th
-        tl.store(h_ptrs, h, mask=mask)
+        if STORE_H:
+            tl.store(h_ptrs, h, mask=mask)
         tl.store(s_ptrs, fired.to(tl.float32).to(spike_ptr.dtype.element_ty), mask=mask)
         if PACK:
             tl.debug_barrier()                 # the block's spikes are stored before they are read back
@@ -121,8 +124,11 @@ def _forward_kernel(x_ptr, v0_ptr, spike_ptr, h_ptr, v_ptr, bits_ptr, scalars_pt
 
 
 def _backward_kernel(grad_spike_ptr, h_ptr, sg_ptr, grad_x_ptr, x_ptr, v0_ptr, scalars_ptr, T, N,
+                     mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, C, HW,
                      RECIPROCAL: tl.constexpr, HOST_SIGMOID: tl.constexpr, IS_FP64: tl.constexpr,
-                     FROM_INPUT: tl.constexpr, HAS_V0: tl.constexpr, ONLY_H: tl.constexpr, BLOCK: tl.constexpr):
+                     FROM_INPUT: tl.constexpr, HAS_V0: tl.constexpr, ONLY_H: tl.constexpr,
+                     NORM: tl.constexpr, FORMULA: tl.constexpr, EXACT_FMA: tl.constexpr, ONLY_NORM: tl.constexpr,
+                     BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     tau = tl.load(scalars_ptr)
@@ -138,19 +144,54 @@ def _backward_kernel(grad_spike_ptr, h_ptr, sg_ptr, grad_x_ptr, x_ptr, v0_ptr, s
             v = tl.full([BLOCK], 0.0, dtype=tau.dtype)
         x_ptrs = x_ptr + offs
         h_ptrs = h_ptr + offs
+        flat = offs
         for _ in range(T):
-            x = tl.load(x_ptrs, mask=mask, other=0.0).to(tau.dtype)
-            if RECIPROCAL:
-                h = v + (x - v) * inv_tau
+            x = tl.load(x_ptrs, mask=mask, other=0.0)
+            if NORM:
+                # the neuron's input is batch norm's output, recomputed here from the batch norm's
+                # input with its saved statistics, as the device's batch norm computes it
+                # (FORMULA, see models/bn_lif.py), rounded to the batch norm's output dtype
+                c = (flat // HW) % C
+                mean = tl.load(mean_ptr + c, mask=mask, other=0.0).to(tl.float32)
+                invstd = tl.load(invstd_ptr + c, mask=mask, other=1.0).to(tl.float32)
+                gamma = tl.load(gamma_ptr + c, mask=mask, other=1.0).to(tl.float32)
+                beta = tl.load(beta_ptr + c, mask=mask, other=0.0).to(tl.float32)
+                xf = x.to(tl.float32)
+                if FORMULA == 0:     # CPU: alpha = invstd * gamma; out = fma(x, alpha, fma(-mean, alpha, beta))
+                    scale = invstd * gamma
+                    if EXACT_FMA:
+                        shift = _fma_exact(-mean, scale, beta)
+                        z = _fma_exact(xf, scale, shift)
+                    else:
+                        shift = tl.fma(-mean, scale, beta)
+                        z = tl.fma(xf, scale, shift)
+                elif FORMULA == 1:   # CUDA, contiguous kernel: fma(gamma * (x - mean), invstd, beta)
+                    if EXACT_FMA:
+                        z = _fma_exact(gamma * (xf - mean), invstd, beta)
+                    else:
+                        z = tl.fma(gamma * (xf - mean), invstd, beta)
+                else:                # CUDA, TensorIterator kernel: fma((x - mean) * invstd, gamma, beta)
+                    if EXACT_FMA:
+                        z = _fma_exact((xf - mean) * invstd, gamma, beta)
+                    else:
+                        z = tl.fma((xf - mean) * invstd, gamma, beta)
+                x = z.to(x_ptr.dtype.element_ty)
+            x = x.to(tau.dtype)
+            if ONLY_NORM:            # the normalised input only (checked against batch norm's output)
+                tl.store(h_ptrs, x, mask=mask)
             else:
-                h = v + (x - v) / tau
-            tl.store(h_ptrs, h, mask=mask)
-            v = tl.where(h >= v_th, 0.0, h)
+                if RECIPROCAL:
+                    h = v + (x - v) * inv_tau
+                else:
+                    h = v + (x - v) / tau
+                tl.store(h_ptrs, h, mask=mask)
+                v = tl.where(h >= v_th, 0.0, h)
             x_ptrs += N
             h_ptrs += N
+            flat += N
         tl.debug_barrier()     # each element is read back by the thread that wrote it; for clarity
     grad_v = tl.full([BLOCK], 0.0, dtype=tau.dtype)   # the last step's potential feeds nothing
-    for i in range(0 if ONLY_H else T):
+    for i in range(0 if (ONLY_H or ONLY_NORM) else T):
         at = (T - 1 - i).to(tl.int64) * N + offs
         h = tl.load(h_ptr + at, mask=mask, other=0.0)
         grad_s = tl.load(grad_spike_ptr + at, mask=mask, other=0.0).to(tau.dtype)
@@ -174,6 +215,28 @@ def _backward_kernel(grad_spike_ptr, h_ptr, sg_ptr, grad_x_ptr, x_ptr, v0_ptr, s
         grad_v = grad_h - grad_x
 
 
+def _fma_exact(a, b, c):
+    """float32 ``a * b + c`` rounded once, without an fma instruction (Triton's interpreter computes
+    ``tl.fma`` as two roundings): the product is exact in float64, the float64 sum is made
+    round-to-odd with its exact error (TwoSum), and rounding that to float32 is then correct."""
+    p = a.to(tl.float64) * b.to(tl.float64)
+    cd = c.to(tl.float64)
+    s = p + cd
+    bb = s - p
+    err = (p - (s - bb)) + (cd - bb)
+    bits = s.to(tl.int64, bitcast=True)
+    toward = tl.where((err > 0) != (s < 0), 1, -1).to(tl.int64)     # one step towards the exact sum
+    odd = tl.where((err != 0) & ((bits & 1) == 0), bits + toward, bits)
+    return odd.to(tl.float64, bitcast=True).to(tl.float32)
+
+
+def _for_mode(fn, wrap, helpers: dict):
+    """`fn` wrapped for one mode, its helper functions (called by name) wrapped for the same mode:
+    each mode's kernel gets its own globals, so both can live in one process."""
+    scope = dict(fn.__globals__, **{name: wrap(helper) for name, helper in helpers.items()})
+    return wrap(types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__))
+
+
 @functools.cache
 def _kernels(interpret: bool):
     # What triton.jit returns, chosen here rather than when this module is imported.
@@ -181,7 +244,7 @@ def _kernels(interpret: bool):
         from triton.runtime.interpreter import InterpretedFunction as wrap
     else:
         from triton.runtime.jit import JITFunction as wrap
-    return wrap(_forward_kernel), wrap(_backward_kernel)
+    return wrap(_forward_kernel), _for_mode(_backward_kernel, wrap, {"_fma_exact": _fma_exact})
 
 
 @functools.cache
@@ -234,10 +297,11 @@ def _launch_setup(device: torch.device):
 
 
 def forward(x_seq: torch.Tensor, v0: torch.Tensor | None, tau: float, v_threshold: float, alpha: float,
-            pack: bool = False):
+            pack: bool = False, store_h: bool = True):
     """Spikes (dtype of ``x_seq``), the last potential, ``h_seq`` (compute dtype) of all T steps, and
     with `pack` the spikes as bits (:func:`models.memory.pack_bits`'s layout; written by the same
-    launch, for compact activation memory), else an empty tensor. `pack` needs ``N % 8 == 0``."""
+    launch, for compact activation memory), else an empty tensor. `pack` needs ``N % 8 == 0``.
+    Without `store_h` (a backward that recomputes it) ``h_seq`` is an empty tensor."""
     if import_error():
         raise RuntimeError(import_error())
     kernel, _, interpret, block = _launch_setup(x_seq.device)
@@ -245,7 +309,7 @@ def forward(x_seq: torch.Tensor, v0: torch.Tensor | None, tau: float, v_threshol
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     T, N = x.shape[0], x[0].numel()
     spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    h_seq = torch.empty(x.shape, dtype=compute, device=x.device)
+    h_seq = torch.empty(x.shape if store_h else (0,), dtype=compute, device=x.device)
     v_last = torch.empty(x.shape[1:], dtype=compute, device=x.device)
     pack = pack and N % 8 == 0
     bits = torch.empty(T * N // 8 if pack else 0, dtype=torch.uint8, device=x.device)
@@ -254,17 +318,22 @@ def forward(x_seq: torch.Tensor, v0: torch.Tensor | None, tau: float, v_threshol
     if N > 0:
         kernel[(triton.cdiv(N, block),)](
             x, v0, spikes, h_seq, v_last, bits if pack else h_seq, _scalars(x.device, compute, tau, v_threshold, alpha),
-            T, N, HAS_V0=has_v0, RECIPROCAL=divides_by_reciprocal(x.device), PACK=pack, BLOCK=block,
-            **compile_options())
+            T, N, HAS_V0=has_v0, RECIPROCAL=divides_by_reciprocal(x.device), PACK=pack, STORE_H=store_h,
+            BLOCK=block, **compile_options())
     return spikes, v_last, h_seq, bits
 
 
 def backward(grad_spikes: torch.Tensor, h_seq: torch.Tensor | None, tau: float, v_threshold: float, alpha: float,
-             dtype: torch.dtype, x_seq: torch.Tensor | None = None, v0: torch.Tensor | None = None) -> torch.Tensor:
+             dtype: torch.dtype, x_seq: torch.Tensor | None = None, v0: torch.Tensor | None = None,
+             norm: list[torch.Tensor] | None = None, channels: int = 1, inner: int = 1, formula: int = 0,
+             only_norm: bool = False) -> torch.Tensor:
     """The input gradient, in ``dtype`` and contiguous (as autograd builds it for the torch loop).
 
     Without ``h_seq``, from `x_seq` (the forward's input) and `v0` (its starting potential, or
-    None): the same launch first recomputes ``h_seq`` into scratch memory."""
+    None): the same launch first recomputes ``h_seq`` into scratch memory. With `norm` (batch
+    norm's saved mean, inverse std, weight and bias; `channels` and `inner`, the spatial size),
+    `x_seq` is the batch norm's input and the launch normalises it first (models/bn_lif.py).
+    `only_norm`: return just the normalised input (float32), for the check of `formula`."""
     from_input, has_v0 = h_seq is None, v0 is not None
     if from_input:
         x_seq = x_seq.contiguous()
@@ -278,15 +347,22 @@ def backward(grad_spikes: torch.Tensor, h_seq: torch.Tensor | None, tau: float, 
     store_dtype = torch.float32 if interpret and dtype == torch.bfloat16 else dtype
     grad_x = torch.empty(h_seq.shape, dtype=store_dtype, device=h_seq.device)
     sg = h_seq   # unused pointer unless the sigmoid comes from torch
+    norm_args = (*norm, channels, inner) if norm is not None else (h_seq, h_seq, h_seq, h_seq, 1, 1)
     common = dict(RECIPROCAL=divides_by_reciprocal(h_seq.device), IS_FP64=h_seq.dtype == torch.float64,
-                  HAS_V0=has_v0, BLOCK=block, **compile_options())
+                  HAS_V0=has_v0, NORM=norm is not None, FORMULA=formula, EXACT_FMA=interpret, BLOCK=block,
+                  **compile_options())
     grid = (triton.cdiv(N, block),)
+    scalars = _scalars(h_seq.device, h_seq.dtype, tau, v_threshold, alpha)
+    if only_norm:
+        if N > 0:
+            kernel[grid](grad_spikes, h_seq, sg, grad_x, x_seq, v0, scalars, T, N, *norm_args,
+                         HOST_SIGMOID=interpret, FROM_INPUT=True, ONLY_H=False, ONLY_NORM=True, **common)
+        return h_seq
     if interpret and from_input and N > 0:
         # the interpreter's sigmoid comes from torch (below), which needs h_seq: a first pass of
         # the same kernel computes only that
-        kernel[grid](grad_spikes, h_seq, sg, grad_x, x_seq, v0, _scalars(h_seq.device, h_seq.dtype, tau, v_threshold,
-                                                                         alpha), T, N,
-                     HOST_SIGMOID=True, FROM_INPUT=True, ONLY_H=True, **common)
+        kernel[grid](grad_spikes, h_seq, sg, grad_x, x_seq, v0, scalars, T, N, *norm_args,
+                     HOST_SIGMOID=True, FROM_INPUT=True, ONLY_H=True, ONLY_NORM=False, **common)
         from_input = False
     if interpret:
         # torch's sigmoid per step on a tensor shaped like the loop's (its CPU result depends on
@@ -296,8 +372,8 @@ def backward(grad_spikes: torch.Tensor, h_seq: torch.Tensor | None, tau: float, 
             sg[t] = ((h_seq[t] - v_threshold) * alpha).sigmoid_()
     if N > 0:
         kernel[grid](grad_spikes, h_seq, sg, grad_x, x_seq if from_input else h_seq, v0 if from_input else h_seq,
-                     _scalars(h_seq.device, h_seq.dtype, tau, v_threshold, alpha), T, N,
-                     HOST_SIGMOID=interpret, FROM_INPUT=from_input, ONLY_H=False, **common)
+                     scalars, T, N, *norm_args,
+                     HOST_SIGMOID=interpret, FROM_INPUT=from_input, ONLY_H=False, ONLY_NORM=False, **common)
     return grad_x.to(dtype)
 
 
@@ -305,24 +381,27 @@ def backward(grad_spikes: torch.Tensor, h_seq: torch.Tensor | None, tau: float, 
 # break at every neuron, no tracing into Triton).
 torch.library.custom_op(
     "spiking_transformers::lif_triton_forward", forward, mutates_args=(),
-    schema="(Tensor x_seq, Tensor? v0, float tau, float v_threshold, float alpha, bool pack) -> (Tensor, Tensor, Tensor, Tensor)")
+    schema="(Tensor x_seq, Tensor? v0, float tau, float v_threshold, float alpha, bool pack, bool store_h=True) "
+           "-> (Tensor, Tensor, Tensor, Tensor)")
 torch.library.custom_op(
     "spiking_transformers::lif_triton_backward", backward, mutates_args=(),
     schema="(Tensor grad_spikes, Tensor? h_seq, float tau, float v_threshold, float alpha, ScalarType dtype, "
-           "Tensor? x_seq=None, Tensor? v0=None) -> Tensor")
+           "Tensor? x_seq=None, Tensor? v0=None, Tensor[]? norm=None, int channels=1, int inner=1, int formula=0, "
+           "bool only_norm=False) -> Tensor")
 
 
 @torch.library.register_fake("spiking_transformers::lif_triton_forward")
-def _forward_fake(x_seq, v0, tau, v_threshold, alpha, pack):
+def _forward_fake(x_seq, v0, tau, v_threshold, alpha, pack, store_h=True):
     compute = torch.float64 if x_seq.dtype == torch.float64 else torch.float32
     nbytes = x_seq.numel() // 8 if pack and x_seq[0].numel() % 8 == 0 else 0
     return (x_seq.new_empty(x_seq.shape), x_seq.new_empty(x_seq.shape[1:], dtype=compute),
-            x_seq.new_empty(x_seq.shape, dtype=compute), x_seq.new_empty(nbytes, dtype=torch.uint8))
+            x_seq.new_empty(x_seq.shape if store_h else (0,), dtype=compute), x_seq.new_empty(nbytes, dtype=torch.uint8))
 
 
 @torch.library.register_fake("spiking_transformers::lif_triton_backward")
-def _backward_fake(grad_spikes, h_seq, tau, v_threshold, alpha, dtype, x_seq=None, v0=None):
-    return grad_spikes.new_empty(grad_spikes.shape, dtype=dtype)
+def _backward_fake(grad_spikes, h_seq, tau, v_threshold, alpha, dtype, x_seq=None, v0=None, norm=None, channels=1,
+                   inner=1, formula=0, only_norm=False):
+    return grad_spikes.new_empty(grad_spikes.shape, dtype=torch.float32 if only_norm else dtype)
 
 
 class TritonLIF(torch.autograd.Function):
@@ -348,7 +427,7 @@ class TritonLIF(torch.autograd.Function):
             spikes, v_last, bits = torch.empty_like(x_seq), x_seq.new_empty(x_seq.shape[1:]), empty
         else:
             spikes, v_last, h_seq, bits = torch.ops.spiking_transformers.lif_triton_forward(
-                x_seq, v0, tau, v_threshold, alpha, pack)
+                x_seq, v0, tau, v_threshold, alpha, pack, tail is None)
         if ctx.from_input:
             ctx.has_v0 = v0 is not None
             ctx.save_for_backward(x_seq, *((v0,) if v0 is not None else ()))

@@ -207,14 +207,25 @@ def _dense_order(t: torch.Tensor) -> list[int] | None:
 
 
 class _Packed:
-    """A saved tensor in compact form; ``unpack()`` rebuilds dtype, shape, strides and values."""
+    """A saved tensor in compact form; ``unpack()`` rebuilds dtype, shape, strides and values.
 
-    __slots__ = ("kind", "data", "dtype", "order", "shape", "numel")
+    One tensor saved by several operations (a block's input, read by the Q, K and V convolutions)
+    is packed once; the first of its ``users`` to unpack it in backward keeps the result for the
+    others, so it is also unpacked once (and held no longer than the last of them needs it)."""
+
+    __slots__ = ("kind", "data", "dtype", "order", "shape", "numel", "users", "unpacked")
 
     def __init__(self, kind, data, dtype, order, shape, numel):
         self.kind, self.data, self.dtype, self.order, self.shape, self.numel = kind, data, dtype, order, shape, numel
+        self.users, self.unpacked = 1, None
 
     def unpack(self) -> torch.Tensor:
+        result = self.unpacked if self.unpacked is not None else self._rebuild()
+        self.users = max(self.users - 1, 0)
+        self.unpacked = result if self.users else None
+        return result
+
+    def _rebuild(self) -> torch.Tensor:
         if self.kind == "bits":
             flat = unpack_bits(self.data, self.numel, self.dtype)
         else:
@@ -255,6 +266,7 @@ class SpikePacker(torch.autograd.graph.saved_tensors_hooks):
 
     def __init__(self):
         self.announced: dict[int, tuple] = {}
+        self.packed: dict[tuple, tuple] = {}     # the same tensor saved again: the same _Packed
         self.stats = {"bits": [0, 0, 0], "int": [0, 0, 0], "kept": [0, 0, 0]}  # count, bytes in, bytes out
         super().__init__(self.pack, self.unpack)
 
@@ -266,7 +278,7 @@ class SpikePacker(torch.autograd.graph.saved_tensors_hooks):
 
     def __exit__(self, *exc):
         _state.packer = self.outer
-        self.announced = {}
+        self.announced, self.packed = {}, {}
         return super().__exit__(*exc)
 
     def _entry(self, t: torch.Tensor):
@@ -310,6 +322,13 @@ class SpikePacker(torch.autograd.graph.saved_tensors_hooks):
         if (t.numel() < MIN_NUMEL or isinstance(t, nn.Parameter) or t.layout != torch.strided
                 or not (t.dtype == torch.bool or t.is_floating_point())):
             return t
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        again = self.packed.get(key)
+        # the same memory and layout under the same announcement (its owner, and so that memory, alive:
+        # not a new tensor that happens to reuse the address), unchanged since
+        if again is not None and again[1] == t._version and self._entry(t) is again[2]:
+            again[0].users += 1
+            return again[0]
         dense, order = _in_memory_order(t)
         form = None if dense is None else self._form(t, dense)
         if form is None:
@@ -317,6 +336,9 @@ class SpikePacker(torch.autograd.graph.saved_tensors_hooks):
             return t
         packed = _Packed(form[0], form[1], t.dtype, order, tuple(t.shape), t.numel())
         self._count(form[0], t, packed.nbytes())
+        entry = self._entry(t) if t.dtype != torch.bool else None
+        if entry is not None:
+            self.packed[key] = (packed, t._version, entry)
         return packed
 
     @staticmethod

@@ -175,13 +175,26 @@ class LIF(_sj_neuron.MultiStepLIFNode):
             _check_name(os.environ.get(BACKEND_ENV, "auto"))
         self.implementation = None  # what the last call ran: torch, fused, cupy or triton
 
-    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_seq: torch.Tensor, norm: torch.nn.Module | None = None, lif_shape=None) -> torch.Tensor:
+        """Spikes of ``x_seq`` ([T, ...]). With `norm`: ``x_seq`` is that batch norm's input and the
+        neuron sees its output reshaped to `lif_shape`, both in one autograd node (models/bn_lif.py;
+        the caller checks :func:`models.bn_lif.applies`)."""
+        if norm is not None:
+            return self._norm_and_fire(x_seq, norm, lif_shape)
         # Spikes are 0/1: a compact training forward stores them as bits (models/memory.py);
         # the Triton kernel has written those bits already.
         self._bits = None
         spikes = self._spikes(x_seq)
         bits, self._bits = self._bits, None
         return memory.note_spikes(spikes, bits)
+
+    def _norm_and_fire(self, y: torch.Tensor, norm: torch.nn.Module, lif_shape) -> torch.Tensor:
+        from . import bn_lif
+        self.implementation, self.backend, self.v_seq = "triton", "torch", None
+        v0 = self.v if isinstance(self.v, torch.Tensor) else None
+        spikes, self.v, bits = bn_lif.BatchNormLIF.apply(y, norm.weight, norm.bias, norm, self, tuple(lif_shape), v0,
+                                                         memory.packing())
+        return memory.note_spikes(spikes, bits if bits.numel() else None)
 
     def _spikes(self, x_seq: torch.Tensor) -> torch.Tensor:
         backend = self.implementation = resolve_backend(self.requested_backend, x_seq.device)

@@ -122,24 +122,33 @@ def test_cuda_kernels_compile_to_ieee_arithmetic_without_contraction():
     fwd_sig = {"x_ptr": "*fp16", "v0_ptr": "*fp32", "spike_ptr": "*fp16", "h_ptr": "*fp32", "v_ptr": "*fp32",
                "bits_ptr": "*u8", "scalars_ptr": "*fp32", "T": "i32", "N": "i32",
                "HAS_V0": "constexpr", "RECIPROCAL": "constexpr", "PACK": "constexpr", "BLOCK": "constexpr"}
-    fwd_const = {"HAS_V0": True, "RECIPROCAL": True, "PACK": True, "BLOCK": lif_triton.BLOCK_GPU}
+    fwd_const = {"HAS_V0": True, "RECIPROCAL": True, "PACK": True, "STORE_H": True, "BLOCK": lif_triton.BLOCK_GPU}
+    fwd_sig["STORE_H"] = "constexpr"
     options = dict(lif_triton.compile_options())
     # v + (x - v) * inv_tau is a multiply and an add; Triton's default would fuse them into an fma
     assert re.search(r"\bfma\.", _ptx(forward, fwd_sig, fwd_const, {}))
     assert not re.search(r"\bfma\.", _ptx(forward, fwd_sig, fwd_const, options))
     bwd_sig = {"grad_spike_ptr": "*fp16", "h_ptr": "*fp32", "sg_ptr": "*fp32", "grad_x_ptr": "*fp16",
                "x_ptr": "*fp16", "v0_ptr": "*fp32", "scalars_ptr": "*fp32", "T": "i32", "N": "i32",
-               "RECIPROCAL": "constexpr", "HOST_SIGMOID": "constexpr", "IS_FP64": "constexpr",
-               "FROM_INPUT": "constexpr", "HAS_V0": "constexpr", "ONLY_H": "constexpr", "BLOCK": "constexpr"}
+               "mean_ptr": "*fp32", "invstd_ptr": "*fp32", "gamma_ptr": "*fp32", "beta_ptr": "*fp32", "C": "i32",
+               "HW": "i32", "RECIPROCAL": "constexpr", "HOST_SIGMOID": "constexpr", "IS_FP64": "constexpr",
+               "FROM_INPUT": "constexpr", "HAS_V0": "constexpr", "ONLY_H": "constexpr", "NORM": "constexpr",
+               "FORMULA": "constexpr", "EXACT_FMA": "constexpr", "ONLY_NORM": "constexpr", "BLOCK": "constexpr"}
+
+    def bwd_ptx(from_input, norm=False, formula=0):
+        return _ptx(backward, bwd_sig, {"RECIPROCAL": True, "HOST_SIGMOID": False, "IS_FP64": False,
+                                        "FROM_INPUT": from_input, "HAS_V0": True, "ONLY_H": False, "NORM": norm,
+                                        "FORMULA": formula, "EXACT_FMA": False, "ONLY_NORM": False,
+                                        "BLOCK": lif_triton.BLOCK_GPU}, options)
     # FROM_INPUT: the forward recurrence runs first in the same kernel (compact memory's replay)
-    ptx = _ptx(backward, bwd_sig, {"RECIPROCAL": True, "HOST_SIGMOID": False, "IS_FP64": False,
-                                   "FROM_INPUT": True, "HAS_V0": True, "ONLY_H": False,
-                                   "BLOCK": lif_triton.BLOCK_GPU}, options)
-    without = _ptx(backward, bwd_sig, {"RECIPROCAL": True, "HOST_SIGMOID": False, "IS_FP64": False,
-                                       "FROM_INPUT": False, "HAS_V0": True, "ONLY_H": False,
-                                       "BLOCK": lif_triton.BLOCK_GPU}, options)
+    ptx, without = bwd_ptx(True), bwd_ptx(False)
+    fmas = lambda text: len(re.findall(r"\bfma\.rn\.f32", text))   # noqa: E731
     # the recurrence adds no fma (v + (x - v) * inv_tau stays two roundings): only libdevice's expf has them
-    assert len(re.findall(r"\bfma\.", ptx)) == len(re.findall(r"\bfma\.", without))
+    assert fmas(ptx) == fmas(without)
+    # NORM (models/bn_lif.py): batch norm's formula, with exactly its fused multiply-adds
+    # (per element; each thread holds several elements)
+    one, two = fmas(bwd_ptx(True, True, 1)) - fmas(ptx), fmas(bwd_ptx(True, True, 0)) - fmas(ptx)
+    assert one > 0 and two == 2 * one and fmas(bwd_ptx(True, True, 2)) - fmas(ptx) == one
     assert "div.rn.f32" in ptx and not re.search(r"div\.(full|approx)", ptx)   # IEEE 1 / (1 + e)
     assert "fma.rm.f32" in ptx    # libdevice's expf (its range reduction), not tl.exp's bare ex2.approx
     assert "ex2.approx.ftz.f32" in ptx and not re.search(r"\b(add|sub|mul|div)\.[a-z.]*ftz", ptx)
