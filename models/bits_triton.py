@@ -41,13 +41,22 @@ def _unpack_kernel(packed_ptr, out_ptr, N, BLOCK: tl.constexpr):
     tl.store(out_ptr + offs, value.to(tl.float32).to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def _add_encode_kernel(a_ptr, b_ptr, out_ptr, codes_ptr, N, BLOCK: tl.constexpr):
+    # a + b in the tensors' dtype (one IEEE rounding, as torch's add), and the sum as uint8
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    total = tl.load(a_ptr + offs, mask=mask, other=0.0) + tl.load(b_ptr + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, total, mask=mask)
+    tl.store(codes_ptr + offs, total.to(tl.float32).to(tl.uint8), mask=mask)
+
+
 @functools.cache
 def _kernels(interpret: bool):
     if interpret:
         from triton.runtime.interpreter import InterpretedFunction as wrap
     else:
         from triton.runtime.jit import JITFunction as wrap
-    return wrap(_pack_kernel), wrap(_unpack_kernel)
+    return wrap(_pack_kernel), wrap(_unpack_kernel), wrap(_add_encode_kernel)
 
 
 def usable(device: torch.device) -> bool:
@@ -64,7 +73,7 @@ def _pack(values: torch.Tensor) -> torch.Tensor:
     n = flat.numel()
     packed = torch.empty((n + 7) // 8, dtype=torch.uint8, device=flat.device)
     if n:
-        pack, _ = _kernels(lif_triton.interpreting())
+        pack = _kernels(lif_triton.interpreting())[0]
         pack[(triton.cdiv(packed.numel(), BYTES_PER_PROGRAM),)](flat, packed, n, packed.numel(),
                                                                  BLOCK=BYTES_PER_PROGRAM)
     return packed
@@ -73,10 +82,56 @@ def _pack(values: torch.Tensor) -> torch.Tensor:
 def _unpack(packed: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
     out = torch.empty(numel, dtype=torch.uint8 if dtype == torch.bool else dtype, device=packed.device)
     if numel:
-        _, unpack = _kernels(lif_triton.interpreting())
+        unpack = _kernels(lif_triton.interpreting())[1]
         block = 8 * BYTES_PER_PROGRAM
         unpack[(triton.cdiv(numel, block),)](packed, out, numel, BLOCK=block)
     return out.view(torch.bool) if dtype == torch.bool else out
+
+
+def can_add_encode(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether :func:`add_encode` computes exactly torch's ``a + b`` for these tensors."""
+    # the interpreter rounds to bfloat16 by truncation, not to nearest: float32/float16 only there
+    dtypes = (torch.float32, torch.float16) if a.device.type == "cpu" else (torch.float32, torch.float16, torch.bfloat16)
+    return (a.dtype == b.dtype and a.dtype in dtypes and a.shape == b.shape and a.is_contiguous()
+            and b.is_contiguous() and usable(a.device) and not torch.compiler.is_compiling())
+
+
+def _add_encode(a: torch.Tensor, b: torch.Tensor) -> list[torch.Tensor]:
+    out = torch.empty_like(a)
+    codes = torch.empty(a.shape, dtype=torch.uint8, device=a.device)
+    if a.numel():
+        kernel = _kernels(lif_triton.interpreting())[2]
+        kernel[(triton.cdiv(a.numel(), 8 * BYTES_PER_PROGRAM),)](a, b, out, codes, a.numel(),
+                                                                   BLOCK=8 * BYTES_PER_PROGRAM)
+    return [out, codes.view(-1)]
+
+
+torch.library.custom_op("spiking_transformers::add_encode", _add_encode, mutates_args=(),
+                        schema="(Tensor a, Tensor b) -> Tensor[]")
+
+
+@torch.library.register_fake("spiking_transformers::add_encode")
+def _add_encode_fake(a, b):
+    return [torch.empty_like(a), a.new_empty(a.numel(), dtype=torch.uint8)]
+
+
+class _AddEncode(torch.autograd.Function):
+    """``a + b`` (gradient: the same to both) with the sum's uint8 codes as a second output."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        out, codes = torch.ops.spiking_transformers.add_encode(a, b)
+        ctx.mark_non_differentiable(codes)
+        ctx.set_materialize_grads(False)
+        return out, codes
+
+    @staticmethod
+    def backward(ctx, grad, grad_codes):
+        return grad, grad
+
+
+def add_encode(a: torch.Tensor, b: torch.Tensor):
+    return _AddEncode.apply(a, b)
 
 
 torch.library.custom_op("spiking_transformers::pack_bits", _pack, mutates_args=(),

@@ -74,8 +74,9 @@ def recomputing() -> bool:
 
 def note_counts(t: torch.Tensor, bound: int, bits: torch.Tensor | None = None) -> torch.Tensor:
     """Declare that every element of `t` (and of each view of its storage) is an integer in
-    ``[0, bound]``. `bits`: `t` already packed by :func:`pack_bits` (the Triton neuron writes
-    them with its spikes), used when exactly `t` is saved.
+    ``[0, bound]``. `bits`: `t` already in its compact form, written by the kernel that made it
+    (:func:`pack_bits`'s bits for bound 1, as the Triton neuron writes them; else the uint8 codes
+    of :func:`add`), used when exactly `t` is saved.
 
     Only recorded inside a compact forward.
     """
@@ -106,10 +107,17 @@ def _both(a, b):
 
 def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a + b``; a sum of announced counts is announced with the sum of their bounds (the
-    residual streams of QKFormer and SGLFormer add spikes to spike counts)."""
-    out = a + b
+    residual streams of QKFormer and SGLFormer add spikes to spike counts). On the Triton path one
+    launch writes the sum and its uint8 codes, so saving it later costs no packing launch."""
     bounds = _both(a, b)
-    return out if bounds is None else note_counts(out, bounds[0] + bounds[1])
+    if bounds is None:
+        return a + b
+    bound = bounds[0] + bounds[1]
+    kernels = _kernels(a.device) if integer_code(bound, a.dtype) == torch.uint8 else None
+    if kernels is not None and kernels.can_add_encode(a, b):
+        out, codes = kernels.add_encode(a, b)
+        return note_counts(out, bound, codes)
+    return note_counts(a + b, bound)
 
 
 def mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -316,7 +324,13 @@ class SpikePacker(torch.autograd.graph.saved_tensors_hooks):
                 return "bits", bits                 # packed already, by the kernel that made `t`
             return "bits", pack_bits(dense)
         code = integer_code(bound, t.dtype)
-        return None if code is None else ("int", dense.reshape(-1).to(code))
+        if code is None:
+            return None
+        owner = ref()
+        if bits is not None and owner is not None and t.is_contiguous() and t.numel() == owner.numel() \
+                and t.data_ptr() == owner.data_ptr():
+            return "int", bits                      # the codes written with the sum (add)
+        return "int", dense.reshape(-1).to(code)
 
     def pack(self, t: torch.Tensor):
         if (t.numel() < MIN_NUMEL or isinstance(t, nn.Parameter) or t.layout != torch.strided

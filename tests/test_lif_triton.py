@@ -157,7 +157,7 @@ def test_cuda_kernels_compile_to_ieee_arithmetic_without_contraction():
 def test_bit_kernels_compile_for_the_gpu():
     """models/bits_triton.py for sm_90 (no GPU needed): what compact memory runs on a GPU."""
     from models import bits_triton
-    pack, unpack = bits_triton._kernels(interpret=False)
+    pack, unpack, _ = bits_triton._kernels(interpret=False)
     block = {"BLOCK": bits_triton.BYTES_PER_PROGRAM}
     for dtype in ("fp32", "fp16", "bf16", "u8"):
         assert ".entry" in _ptx(pack, {"values_ptr": f"*{dtype}", "packed_ptr": "*u8", "N": "i32", "NBYTES": "i32",
@@ -176,6 +176,23 @@ def test_bit_kernels_match_the_torch_packing(dtype, n):
         assert torch.equal(packed, memory.pack_bits(values.to(torch.uint8)))
     unpacked = bits_triton.unpack(packed, n, dtype)
     assert unpacked.dtype == dtype and torch.equal(unpacked, values)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_add_encode_is_torchs_add_plus_its_codes(dtype):
+    from models import bits_triton
+    g = torch.Generator().manual_seed(1)
+    a, b = (torch.randint(0, 5, (3, 4097), generator=g).to(dtype).requires_grad_() for _ in range(2))
+    out, codes = bits_triton.add_encode(a, b)
+    assert out.dtype == dtype and torch.equal(out, a + b) and torch.equal(codes, (a + b).to(torch.uint8).view(-1))
+    out.backward(torch.ones_like(out))
+    assert torch.equal(a.grad, torch.ones_like(a)) and torch.equal(b.grad, torch.ones_like(b))
+    assert not bits_triton.can_add_encode(a.to(torch.bfloat16), b.to(torch.bfloat16))   # interpreter: no bf16
+    assert not bits_triton.can_add_encode(a, b[:, :100])
+    add = bits_triton._kernels(interpret=False)[2]
+    for t in ("fp32", "fp16", "bf16"):
+        assert ".entry" in _ptx(add, {"a_ptr": f"*{t}", "b_ptr": f"*{t}", "out_ptr": f"*{t}", "codes_ptr": "*u8",
+                                      "N": "i32", "BLOCK": "constexpr"}, {"BLOCK": 1024}, {})
 
 
 @pytest.mark.parametrize("n", [64, 1000 * 8, 12])

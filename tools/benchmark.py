@@ -18,7 +18,9 @@ interleaved (reference, A, B, reference, A, B, ...) so that load on a shared mac
 alike, and each setup's logits and gradients on one batch are compared with the reference's.
 
 Reported per setup: median train-step time (forward, backward, AdamW step, neuron reset) and
-images/s; median inference time; memory saved for backward (what the forward leaves allocated
+images/s; median inference time; host syncs and kernel-launching operators of one train step
+(tools/op_census.py; on the CPU these are the operators a GPU would launch, the Triton kernels
+under ``TRITON_INTERPRET=1`` included); memory saved for backward (what the forward leaves allocated
 for the backward: CUDA allocated bytes, CPU heap bytes from glibc's mallinfo2); peak memory of a
 train step above the resting level (CUDA: peak allocated; CPU: peak RSS of a fresh process per
 setup, ``--no-peak`` skips it); deviation from the reference (0 = bit-identical).
@@ -49,6 +51,7 @@ from engine.errors import ConfigError  # noqa: E402
 from engine.factories import build_model  # noqa: E402
 from models.layers import MaxPool  # noqa: E402
 from models.neuron import BACKENDS  # noqa: E402
+from tools.op_census import OpCensus  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKENDS = ("torch", "fused", "cupy", "triton", "auto")
@@ -139,7 +142,8 @@ class Runner:
             self.forward = torch.compile(self.model, mode="reduce-overhead")
         else:
             self.forward = torch.compile(self.model) if setup["compile"] else self.model
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        # the engine's optimizer: torch's fused AdamW (no host sync; engine/optim.py)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=True)
         self.device = device
         dtype = PRECISIONS[setup["precision"]]
         self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
@@ -309,6 +313,11 @@ def run(args) -> dict:
         for _ in range(args.warmup):
             r.train_step(x, y)
             r.infer_step(x)
+    for r, res in zip(runners, results):                # what a step asks of the device (tools/op_census.py)
+        with OpCensus() as census:
+            r.train_step(x, y)
+        res["step_syncs"], res["step_launches"] = census.syncs, census.launches
+        res["step_sync_ops"] = dict(census.sync_ops)
     for _ in range(args.repeats):                       # interleaved timing
         for r, res in zip(runners, results):
             res["train_s"].append(r.train_step(x, y))
@@ -353,12 +362,41 @@ def format_table(report: dict) -> str:
             f"median of {report['repeats']}")
     rows = [head, f"{'setup':<24} {'train img/s':>11} {'step ms':>9} {'x ref':>6} {'infer img/s':>11} "
                   f"{'x ref':>6} {'saved MB':>8} {'x ref':>5} {'peak MB':>8} {'x ref':>5} {'logits dev':>10} "
-                  f"{'grad dev':>9}"]
+                  f"{'grad dev':>9} {'syncs':>5} {'launches':>8}"]
     for r in report["results"]:
         rows.append(f"{r['setup']:<24} {r['train_img_s']:11.2f} {1000 * r['train_median_s']:9.1f} "
                     f"{r['train_time_vs_reference']:6.2f} {r['infer_img_s']:11.2f} {r['infer_time_vs_reference']:6.2f} "
                     f"{_mb(r['saved_mb'], r['saved_vs_reference'])} {_mb(r['peak_mb'], r['peak_vs_reference'])} "
-                    f"{r['deviation']['logits']:10.2e} {r['deviation']['grads']:9.2e}")
+                    f"{r['deviation']['logits']:10.2e} {r['deviation']['grads']:9.2e} {r['step_syncs']:5d} "
+                    f"{r['step_launches']:8d}")
+    return "\n".join(rows)
+
+
+FAMILY_NAMES = {"qkformer": "QKFormer", "spikingformer": "Spikingformer", "sglformer": "SGLFormer"}
+
+
+def markdown_table(paths: list[str]) -> str:
+    """README Performance's table, from benchmark JSON reports (``--table``): ratios to each
+    report's reference, host syncs and kernel-launching operators of one train step."""
+    rows = ["| model | setup | train img/s | step time | inference time | saved for backward | peak memory | "
+            "syncs / step | launches / step | deviation |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        report = json.loads(Path(path).read_text())
+        family, _, size = report["model"].partition("_")
+        name = f"{FAMILY_NAMES.get(family, family)} {size.split('_', 1)[-1].replace('_', '-')}"
+        ref = report["results"][0]
+        for i, r in enumerate(report["results"]):
+            saved = f"{r['saved_vs_reference']:.2f}" if r.get("saved_vs_reference") is not None else "-"
+            peak = f"{r['peak_vs_reference']:.2f}" if r.get("peak_vs_reference") is not None else "-"
+            if i == 0:
+                saved += f" ({ref['saved_mb']:.0f} MB)" if ref.get("saved_mb") else ""
+                peak += f" ({ref['peak_mb']:.0f} MB)" if ref.get("peak_mb") else ""
+            dev = r["deviation"]
+            exact = dev["logits"] == 0 and dev["grads"] == 0
+            deviation = "0" if i == 0 else ("0 (bit-identical)" if exact else f"{dev['grads']:.1e} (grads)")
+            rows.append(f"| {name if i == 0 else ''} | {r['setup']} | {r['train_img_s']:.2f} | "
+                        f"{r['train_time_vs_reference']:.2f} | {r['infer_time_vs_reference']:.2f} | {saved} | {peak} | "
+                        f"{r.get('step_syncs', '-')} | {r.get('step_launches', '-')} | {deviation} |")
     return "\n".join(rows)
 
 
@@ -381,7 +419,11 @@ def main(argv=None) -> dict:
     p.add_argument("--no-peak", dest="peak", action="store_false",
                    help="CPU: skip the peak-memory runs (one fresh process per setup)")
     p.add_argument("--peak-of", help=argparse.SUPPRESS)   # internal: one setup's peak, in this process
+    p.add_argument("--table", nargs="+", metavar="JSON", help="print README's markdown table of these reports and stop")
     args = p.parse_args(argv)
+    if args.table:
+        print(markdown_table(args.table))
+        return {}
     if args.peak_of:
         print(json.dumps(peak_only(args)))
         return {}
