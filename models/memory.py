@@ -19,7 +19,10 @@ gradients or batch-norm statistics:
    the tail runs again in backward with the same operations in the same order (batch norm
    with the same batch statistics, running statistics not updated twice; the neuron from the
    same starting potential), so the values are the same bits. The replay costs no bookkeeping
-   launches: no statistics are copied or restored.
+   launches: no statistics are copied or restored. The neuron that ends a tail saves its input
+   and, where its backward can recompute its state from it (Triton), is not run in the replay
+   (:func:`tail`). A batch norm -> Triton LIF tail is not replayed at all: it is one autograd
+   node whose backward normalises again inside the LIF kernel (models/bn_lif.py).
 
 ``activation_memory="standard"`` turns both off (autograd's usual storage). Evaluation,
 ``torch.no_grad`` and ``torch.compile`` never pack or recompute. Block-level gradient checkpointing
