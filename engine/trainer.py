@@ -7,6 +7,7 @@ with are shared with evaluation and the tools (engine/factories.py). Used by eve
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import models
 from . import cuda_graph, distributed
 from .checkpoint import find_resume, load_training_state, save_atomic, set_rng_state, training_state
 from .config import Config, ConfigError, dump
+from .errors import OutOfMemory
 from .data import prepare_dataset
 from .data.dvs_augment import augment_batch
 from .factories import (build_criterion, build_datasets, build_ema, build_loaders, build_mixup, build_model,
@@ -29,6 +31,41 @@ from .recipe import resolve, resolve_values
 from .run_lock import RunFolderLock
 from .telemetry import Telemetry
 from .train_loop import NonFiniteLoss, Precision, evaluate, train_one_epoch
+
+
+@contextlib.contextmanager
+def out_of_memory_guide(cfg: Config, device: torch.device, where: str, evaluation: bool = False):
+    """Turn the device running out of memory into one line: how much it has, how much was in use,
+    and what to change, cheapest first. No checkpoint is written by the failing epoch."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise OutOfMemory(out_of_memory_message(cfg, device, where, evaluation)) from None
+
+
+def out_of_memory_message(cfg: Config, device: torch.device, where: str, evaluation: bool = False) -> str:
+    stats = ""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        stats = f" ({total:.1f} GiB, {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB peak allocated)"
+    if evaluation:
+        fixes = [f"--val-batch-size {max(cfg.val_batch_size // 2, 1)}"]
+        if not cfg.amp:
+            fixes.append("--amp (evaluation under autocast)")
+        return f"out of memory in {where} on {device}{stats}; try, cheapest first: {'; '.join(fixes)}"
+    fixes = []
+    if cfg.activation_memory != "compact":
+        fixes.append("--activation-memory compact (same numbers, about 0.3x the activation memory)")
+    accum = cfg.accum_iter or 1
+    if cfg.batch_size > 1:
+        fixes.append(f"--batch-size {cfg.batch_size // 2} --accum-iter {2 * accum} (the same effective batch, "
+                     "the recipe's learning rate unchanged)")
+    if not cfg.grad_checkpointing:
+        fixes.append("--grad-checkpointing (same numbers, about 1.2x the time)")
+    if not (cfg.amp and cfg.amp_dtype == "bfloat16"):
+        fixes.append("--amp --amp-dtype bfloat16")
+    return (f"out of memory in {where} on {device}{stats} at batch {cfg.batch_size}; the last checkpoint is "
+            f"untouched; try, cheapest first: {'; '.join(fixes) or 'a smaller model or a larger GPU'}")
 
 
 def train(cfg: Config, local_rank: int | None = None) -> dict:
@@ -218,22 +255,25 @@ class Training:
                            steps_total=self.steps_left)
         self.steps_left -= len(self.loader)
         try:
-            train_stats = train_one_epoch(self.net, self.loader, self.optimizer, self.criterion, self.scaler,
-                                          self.precision, epoch, cfg, self.scheduler, self.model_ema, self.mixup_fn,
-                                          bar, batch_aug=augment_batch if cfg.dvs_aug else None,
-                                          telemetry=self.telemetry, graph_step=self.graph_step)
+            with out_of_memory_guide(cfg, info.device, f"training epoch {epoch}"):
+                train_stats = train_one_epoch(self.net, self.loader, self.optimizer, self.criterion, self.scaler,
+                                              self.precision, epoch, cfg, self.scheduler, self.model_ema,
+                                              self.mixup_fn, bar, batch_aug=augment_batch if cfg.dvs_aug else None,
+                                              telemetry=self.telemetry, graph_step=self.graph_step)
         except NonFiniteLoss as exc:
             raise NonFiniteLoss(f"{exc}; stopped, {self._last_good(epoch)}. Resume (--resume auto) with "
                                 f"--clip-grad or without float16 (--no-amp or --amp-dtype bfloat16), or start "
                                 f"again with a lower --lr.") from None
-        val = evaluate(self.net, self.val_loader, self.precision,
-                       log.progress(self.val_loader, len(self.val_loader), f"val {epoch}"), amp=cfg.eval_amp,
-                       forward=self.graph_eval)
+        with out_of_memory_guide(cfg, info.device, f"validation after epoch {epoch}", evaluation=True):
+            val = evaluate(self.net, self.val_loader, self.precision,
+                           log.progress(self.val_loader, len(self.val_loader), f"val {epoch}"), amp=cfg.eval_amp,
+                           forward=self.graph_eval)
         record = {"epoch": epoch, "train_loss": train_stats["loss"], "lr": train_stats["lr"],
                   **{f"val_{k}": v for k, v in val.items()}}
         metric, scalars = val, {f"val/{k}": val[k] for k in ("loss", "top1", "top5")}
         if self.model_ema is not None:
-            ema_val = evaluate(self.model_ema.module, self.val_loader, self.precision, amp=cfg.eval_amp)
+            with out_of_memory_guide(cfg, info.device, f"EMA validation after epoch {epoch}", evaluation=True):
+                ema_val = evaluate(self.model_ema.module, self.val_loader, self.precision, amp=cfg.eval_amp)
             record.update({f"ema_val_{k}": v for k, v in ema_val.items()})
             scalars.update({f"ema_val/{k}": ema_val[k] for k in ("loss", "top1", "top5")})
             metric = ema_val  # as upstream: the EMA weights decide "best" when EMA is on

@@ -12,6 +12,7 @@ from datasets import write_cifar10
 from engine import trainer
 from engine.config import ConfigError
 from engine.data import DataError
+from engine.errors import OutOfMemory
 from engine.train_loop import NonFiniteLoss
 from test_cifar_training import config
 
@@ -246,3 +247,30 @@ def test_scalar_for_a_list_key_and_yaml_syntax_errors_are_one_line(tmp_path):
     code, err = run_cli(TRAIN, "-c", str(broken))
     assert code == 2 and err.count("\n") == 0
     assert err.startswith(f"error: {broken}, line ") and "not valid YAML" in err
+
+
+def test_out_of_memory_is_one_line_naming_the_fixes_and_keeps_the_checkpoint(data, tmp_path, monkeypatch):
+    real, calls = trainer.train_one_epoch, {"n": 0}
+
+    def out_of_memory_in_epoch_1(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", out_of_memory_in_epoch_1)
+    cfg = config("cifar10", data, tmp_path / "out", epochs=3, activation_memory="standard")
+    with pytest.raises(OutOfMemory) as info:
+        trainer.train(cfg)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("out of memory in training epoch 1 on cpu")
+    fixes = message.split("cheapest first: ")[1].split("; ")
+    assert fixes[0].startswith("--activation-memory compact")
+    assert fixes[1].startswith(f"--batch-size {cfg.batch_size // 2} --accum-iter 2 (the same effective batch")
+    assert fixes[2].startswith("--grad-checkpointing") and fixes[3] == "--amp --amp-dtype bfloat16"
+    run = cfg.run_dir()
+    assert models.safe_load(run / "last.pth")["epoch"] == 0                 # untouched, loadable
+    assert not [p for p in run.iterdir() if p.suffix == ".tmp" or p.name.endswith(".tmp")]
+    # evaluation: a smaller validation batch first
+    text = trainer.out_of_memory_message(cfg, torch.device("cpu"), "validation after epoch 0", evaluation=True)
+    assert f"--val-batch-size {cfg.val_batch_size // 2}" in text
