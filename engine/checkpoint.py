@@ -22,7 +22,7 @@ import torch
 
 from models import CheckpointError, safe_load
 
-from .errors import ConfigError
+from .errors import CheckpointWriteError, ConfigError
 
 # Config keys that change the model; resuming with different values cannot work.
 MODEL_KEYS = ("model", "T", "embed_dim", "depth", "num_heads", "mlp_ratio", "img_size", "num_classes",
@@ -37,6 +37,11 @@ SCHEDULE_KEYS = ("opt", "lr", "weight_decay", "momentum", "opt_eps", "opt_betas"
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` into a temporary file beside `path`, then rename: `path` is either the old
+    checkpoint or the new one, never half of one. A failing write (full disk, quota, I/O error)
+    removes the partial file and raises :class:`CheckpointWriteError` naming the path, the bytes
+    the checkpoint needs and those free there, so that training stops instead of going on
+    without checkpoints."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -45,9 +50,39 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        kept = f"; {path} from before is intact" if path.exists() else ""
+        raise CheckpointWriteError(
+            f"could not write the checkpoint {path} ({exc.strerror or exc}): it needs about "
+            f"{_tensor_bytes(obj) / 2**20:.0f} MB and {_free_bytes(path.parent) / 2**20:.0f} MB are free there{kept}. "
+            f"Free space (or point --output elsewhere) and resume with --resume auto.") from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _tensor_bytes(obj: Any, seen: set | None = None) -> int:
+    """Bytes of the tensors in a (nested) checkpoint, each storage counted once."""
+    seen = set() if seen is None else seen
+    if isinstance(obj, torch.Tensor):
+        storage = obj.untyped_storage()
+        if storage.data_ptr() in seen:
+            return 0
+        seen.add(storage.data_ptr())
+        return storage.nbytes()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v, seen) for v in obj)
+    return 0
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        stat = os.statvfs(folder)
+        return stat.f_bavail * stat.f_frsize
+    except OSError:
+        return 0
 
 
 def rng_state() -> dict:

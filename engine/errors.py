@@ -18,6 +18,10 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, quota, I/O error); the previous one is intact."""
+
+
 class OutOfMemory(RuntimeError):
     """The device ran out of memory in a step; the message names the fixes in order of cost."""
 
@@ -26,4 +30,4 @@ def user_errors() -> tuple:
     """Every exception type the command lines print as one line (checkpoint problems included);
     models is imported only when asked, so that this module stays free of torch."""
     from models import CheckpointError
-    return (ConfigError, DataError, CheckpointError, NonFiniteLoss, OutOfMemory)
+    return (ConfigError, DataError, CheckpointError, NonFiniteLoss, OutOfMemory, CheckpointWriteError)

@@ -1,5 +1,6 @@
 """Every user mistake gets a one-line error that names the fix, and loses no data."""
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from datasets import write_cifar10
 from engine import trainer
 from engine.config import ConfigError
 from engine.data import DataError
-from engine.errors import OutOfMemory
+from engine.errors import CheckpointWriteError, OutOfMemory
 from engine.train_loop import NonFiniteLoss
 from test_cifar_training import config
 
@@ -116,11 +117,35 @@ def test_atomic_save_leaves_old_checkpoint_intact(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", explode)
-    with pytest.raises(OSError, match="disk full"):
-        save_atomic({"epoch": 2}, path)
+    with pytest.raises(CheckpointWriteError) as info:
+        save_atomic({"epoch": 2, "model": {"w": torch.zeros(2**19)}}, path)    # 2 MB of weights
     monkeypatch.undo()
+    message = str(info.value)
+    assert "\n" not in message and f"could not write the checkpoint {path} (disk full): it needs about 2 MB" in message
+    assert f"{path} from before is intact" in message and "--resume auto" in message
     assert models.safe_load(path) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_a_failing_checkpoint_write_stops_training(data, tmp_path, monkeypatch):
+    import errno
+    real, calls = torch.save, {"n": 0}
+
+    def disk_full_at_the_second_checkpoint(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:                   # epoch 0 writes last.pth and best.pth; epoch 1's last.pth fails
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_at_the_second_checkpoint)
+    cfg = config("cifar10", data, tmp_path / "out", epochs=3)
+    with pytest.raises(CheckpointWriteError, match="No space left on device"):
+        trainer.train(cfg)
+    monkeypatch.undo()
+    run = cfg.run_dir()
+    assert models.safe_load(run / "last.pth")["epoch"] == 0 and not list(run.glob(".*tmp*"))
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()][-1] <= 1
 
 
 def test_null_and_out_of_range_config_values(tmp_path):
