@@ -84,10 +84,7 @@ def _forward_kernel(x_ptr, v0_ptr, spike_ptr, h_ptr, v_ptr, bits_ptr, scalars_pt
     tau = tl.load(scalars_ptr)             # scalars: tau, 1/tau, v_th in the compute dtype
     inv_tau = tl.load(scalars_ptr + 1)
     v_th = tl.load(scalars_ptr + 2)
-    if HAS_V0:
-        v = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tau.dtype)
-    else:
-        v = tl.full([BLOCK], 0.0, dtype=tau.dtype)
+    v = _initial_potential(v0_ptr, offs, mask, tau, HAS_V0, BLOCK)
     x_ptrs = x_ptr + offs
     h_ptrs = h_ptr + offs
     s_ptrs = spike_ptr + offs
@@ -99,10 +96,7 @@ def _forward_kernel(x_ptr, v0_ptr, spike_ptr, h_ptr, v_ptr, bits_ptr, scalars_pt
     sb_ptrs = spike_ptr + byte * 8
     for _ in range(T):
         x = tl.load(x_ptrs, mask=mask, other=0.0).to(tau.dtype)
-        if RECIPROCAL:
-            h = v + (x - v) * inv_tau
-        else:
-            h = v + (x - v) / tau
+        h = _charge(v, x, tau, inv_tau, RECIPROCAL)
         fired = h >= v_th
         if STORE_H:
             tl.store(h_ptrs, h, mask=mask)
@@ -136,12 +130,9 @@ def _backward_kernel(grad_spike_ptr, h_ptr, sg_ptr, grad_x_ptr, x_ptr, v0_ptr, s
     v_th = tl.load(scalars_ptr + 2)
     alpha = tl.load(scalars_ptr + 3)
     if FROM_INPUT:
-        # h_seq is not saved: run the forward recurrence from the saved input first, exactly as
-        # the forward kernel does (same operations, same order), into the scratch h_ptr
-        if HAS_V0:
-            v = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tau.dtype)
-        else:
-            v = tl.full([BLOCK], 0.0, dtype=tau.dtype)
+        # h_seq is not saved: run the forward recurrence from the saved input first, with the
+        # forward kernel's own helpers (same operations, same order), into the scratch h_ptr
+        v = _initial_potential(v0_ptr, offs, mask, tau, HAS_V0, BLOCK)
         x_ptrs = x_ptr + offs
         h_ptrs = h_ptr + offs
         flat = offs
@@ -180,10 +171,7 @@ def _backward_kernel(grad_spike_ptr, h_ptr, sg_ptr, grad_x_ptr, x_ptr, v0_ptr, s
             if ONLY_NORM:            # the normalised input only (checked against batch norm's output)
                 tl.store(h_ptrs, x, mask=mask)
             else:
-                if RECIPROCAL:
-                    h = v + (x - v) * inv_tau
-                else:
-                    h = v + (x - v) / tau
+                h = _charge(v, x, tau, inv_tau, RECIPROCAL)
                 tl.store(h_ptrs, h, mask=mask)
                 v = tl.where(h >= v_th, 0.0, h)
             x_ptrs += N
@@ -215,6 +203,26 @@ def _backward_kernel(grad_spike_ptr, h_ptr, sg_ptr, grad_x_ptr, x_ptr, v0_ptr, s
         grad_v = grad_h - grad_x
 
 
+def _initial_potential(v0_ptr, offs, mask, tau, HAS_V0: tl.constexpr, BLOCK: tl.constexpr):
+    """The potential before the first step: ``v0`` where given, else 0, in the compute dtype."""
+    if HAS_V0:
+        v = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tau.dtype)
+    else:
+        v = tl.full([BLOCK], 0.0, dtype=tau.dtype)
+    return v
+
+
+def _charge(v, x, tau, inv_tau, RECIPROCAL: tl.constexpr):
+    """One step's potential before firing, ``v + (x - v) / tau`` as torch computes it on the device
+    (multiplication by the rounded reciprocal on CUDA): shared by both kernels, so the backward's
+    recomputation is the forward's arithmetic by construction."""
+    if RECIPROCAL:
+        h = v + (x - v) * inv_tau
+    else:
+        h = v + (x - v) / tau
+    return h
+
+
 def _fma_exact(a, b, c):
     """float32 ``a * b + c`` rounded once, without an fma instruction (Triton's interpreter computes
     ``tl.fma`` as two roundings): the product is exact in float64, the float64 sum is made
@@ -244,7 +252,8 @@ def _kernels(interpret: bool):
         from triton.runtime.interpreter import InterpretedFunction as wrap
     else:
         from triton.runtime.jit import JITFunction as wrap
-    return wrap(_forward_kernel), _for_mode(_backward_kernel, wrap, {"_fma_exact": _fma_exact})
+    helpers = {"_initial_potential": _initial_potential, "_charge": _charge, "_fma_exact": _fma_exact}
+    return _for_mode(_forward_kernel, wrap, helpers), _for_mode(_backward_kernel, wrap, helpers)
 
 
 @functools.cache
