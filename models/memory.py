@@ -71,7 +71,7 @@ def recomputing() -> bool:
 # What a compact forward may store in fewer bits is known when a tensor is made, not found by
 # looking at its values (that would stall the host on a GPU): neurons announce their spikes
 # (bound 1); the places that add, multiply or matmul spike tensors announce the integer bound of
-# the result (see :func:`add`, :func:`mul`, :func:`matmul`, :func:`channel_sum`). Announcements
+# the result (see :func:`add`, :func:`mul`, :func:`matmul`, :func:`reshape`). Announcements
 # are keyed by storage, so views of an announced tensor are announced too; one is forgotten when
 # its tensor dies or is changed in place. Nothing else is ever packed.
 
@@ -135,13 +135,6 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     out = a @ b
     bounds = _both(a, b)
     return out if bounds is None else note_counts(out, bounds[0] * bounds[1] * a.shape[-1])
-
-
-def channel_sum(t: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
-    """``t.sum(dim)``; announced with ``bound(t) * size(dim)``."""
-    out = t.sum(dim=dim, keepdim=keepdim)
-    bound = bound_of(t)
-    return out if bound is None else note_counts(out, bound * t.shape[dim])
 
 
 def reshape(t: torch.Tensor, *shape) -> torch.Tensor:
@@ -319,21 +312,18 @@ class SpikePacker(torch.autograd.graph.saved_tensors_hooks):
         entry = self._entry(t)
         if entry is None:
             return None
-        ref, _, bound, bits = entry
+        ref, _, bound, made = entry
+        owner = ref()
+        # the compact form written by the kernel that made `t` (the neuron's bits, add's codes), if
+        # `t` is a contiguous view of all of it
+        whole = made is not None and owner is not None and t.is_contiguous() and t.numel() == owner.numel() \
+            and t.data_ptr() == owner.data_ptr()
         if bound <= 1:
-            owner = ref()
-            if bits is not None and owner is not None and t.is_contiguous() and t.numel() == owner.numel() \
-                    and t.data_ptr() == owner.data_ptr():       # `t` is a contiguous view of all of it
-                return "bits", bits                 # packed already, by the kernel that made `t`
-            return "bits", pack_bits(dense)
+            return "bits", made if whole else pack_bits(dense)
         code = integer_code(bound, t.dtype)
         if code is None:
             return None
-        owner = ref()
-        if bits is not None and owner is not None and t.is_contiguous() and t.numel() == owner.numel() \
-                and t.data_ptr() == owner.data_ptr():
-            return "int", bits                      # the codes written with the sum (add)
-        return "int", dense.reshape(-1).to(code)
+        return "int", made if whole else dense.reshape(-1).to(code)
 
     def pack(self, t: torch.Tensor):
         if (t.numel() < MIN_NUMEL or isinstance(t, nn.Parameter) or t.layout != torch.strided

@@ -185,7 +185,6 @@ def test_bounds_follow_sums_products_and_copies():
         assert memory.bound_of(counts) == 3
         assert memory.bound_of(memory.mul(s1, s2)) == 1
         assert memory.bound_of(memory.matmul(s1, s2.transpose(-1, -2))) == 16
-        assert memory.bound_of(memory.channel_sum(s1, 2)) == 8
         assert memory.bound_of(memory.reshape(counts.transpose(1, 2), 2, -1)) == 3   # a copy
         assert memory.bound_of(memory.add(s1, real)) is None
     assert memory.bound_of(s1) is None     # outside a compact forward nothing is recorded
