@@ -1,7 +1,9 @@
 """Command lines of the per-dataset ``train.py``/``test.py`` scripts.
 
 Errors a user can fix (bad config, missing data, unusable checkpoint, NaN loss) are printed
-as one line, ``error: ...``, with exit status 2; anything else is a bug and keeps its traceback.
+as one line, ``error: ...``, with exit status 2; a run stopped by a preemption signal after
+checkpointing says so in one line, ``preempted: ...``, with exit status 75 (engine/preemption.py);
+anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -44,11 +46,15 @@ def _config(args, script: str, default_config: str, resolved: bool = True):
 
 def _run(fn):
     warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
+    from .preemption import EXIT_PREEMPTED, Preempted
     try:
         return fn()
     except user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as exc:
+        print(f"preempted: {exc}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
 
 
 def train_main(script: str, default_config: str, description: str) -> None:

@@ -176,6 +176,10 @@ class Config:
     log_interval: int = key(50, 'steps between log lines when no progress bar', group='run')
     tensorboard: bool = key(True, 'write TensorBoard logs to <run dir>/tensorboard', group='run')
     progress: bool = key(True, 'progress bars (only on a terminal)', group='run')
+    preempt_signals: list[str] = key(["SIGTERM", "SIGUSR1"], 'signals that mean "the job will be killed": finish '
+        'the optimizer step, checkpoint the position inside the epoch, exit with status 75 (none: off)', group='run')
+    dist_timeout: float = key(300.0, 'seconds a process waits for the others (in a collective) before the run '
+        'stops naming the process that stopped responding', group='run')
 
 
     def eval_crop_pct(self, img_size: int) -> float:
@@ -324,7 +328,8 @@ PER_CHANNEL = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 def _list_message(name: str, value: Any) -> str:
     length = LIST_LENGTHS.get(name)
     example = _default(name) or PER_CHANNEL.get(name) or [0.0] * (length or 2)
-    count = f"{length} numbers" if length else "numbers, one per input channel" if name in PER_CHANNEL else "numbers"
+    count = f"{length} numbers" if length else "numbers, one per input channel" if name in PER_CHANNEL else \
+        "names" if TYPES[name][1] is str else "numbers"
     return f"config key '{name}' expects a list of {count}, e.g. {name}: {example}, got {value!r}"
 
 

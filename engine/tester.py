@@ -83,7 +83,7 @@ def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: st
     ``energy_dir``: also count MACs/SOPs and energy over the test set (engine/energy.py) and write
     the report, the firing-rate plot and TensorBoard scalars/figures there.
     """
-    info = distributed.init(cfg.device, local_rank)
+    info = distributed.init(cfg.device, local_rank, cfg.dist_timeout)
     log = RunLogger(None, enabled=info.is_main, tensorboard=False, progress=cfg.progress,
                     log_interval=cfg.log_interval)
     try:

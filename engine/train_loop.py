@@ -24,6 +24,7 @@ from timm.utils import dispatch_clip_grad
 
 from models import reset_net
 
+from . import watchdog
 from .distributed import all_reduce_sum
 from .errors import NonFiniteLoss  # noqa: F401  (re-exported)
 from .firing import FiringRates
@@ -71,19 +72,24 @@ class Precision:
 
 def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Precision, epoch: int, cfg,
                     scheduler=None, model_ema=None, mixup_fn=None, progress=None,
-                    update_offset: int = 0, batch_aug=None, telemetry=None, graph_step=None) -> dict:
+                    update_offset: int = 0, batch_aug=None, telemetry=None, graph_step=None,
+                    start_step: int = 0, partial: tuple[float, int] = (0.0, 0), preemption=None) -> dict:
     """Train one epoch with ``cfg.accum_iter`` micro-batches per optimizer step.
 
     ``batch_aug`` transforms a whole batch on the device before mixup (the DVS augmentation).
     ``telemetry`` (engine/telemetry.py) receives per-update figures; it does not change them.
     ``graph_step`` (engine/cuda_graph.py): updates replayed as a CUDA graph where it takes them.
+    ``start_step``: micro-batches of this epoch trained before an interruption (the loader skips
+    them), with ``partial`` = (their loss sum, their samples). ``preemption``
+    (engine/preemption.py): when it has been signalled, the epoch ends after the current
+    optimizer step and the result says where (``stopped_at``, the partial sums).
     """
     model.train()
     device = precision.device
     accum = cfg.accum_iter
-    updates_per_epoch = len(loader) // accum
-    num_updates = update_offset + epoch * updates_per_epoch
-    loss_sum, seen = torch.zeros((), device=device, dtype=torch.float64), 0
+    updates_per_epoch = (start_step + len(loader)) // accum
+    num_updates = update_offset + epoch * updates_per_epoch + start_step // accum
+    loss_sum, seen = torch.full((), partial[0], device=device, dtype=torch.float64), partial[1]
     update_loss, first_step = torch.zeros((), device=device, dtype=torch.float32), 0   # this update's, on the device
     optimizer.zero_grad(set_to_none=True)
     batches = progress if progress is not None else loader
@@ -93,7 +99,7 @@ def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Prec
     waited_since = time.perf_counter()
     # As MAE's engine: micro-batches after the last complete update still run (and update BN
     # statistics) but their gradients are dropped at the next epoch's zero_grad.
-    for step, (images, targets) in enumerate(batches):
+    for step, (images, targets) in enumerate(batches, start=start_step):
         if telemetry is not None:
             telemetry.batch_ready(time.perf_counter() - waited_since)
             if meter is None:
@@ -108,14 +114,17 @@ def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Prec
         update = (step + 1) % accum == 0
         graphed = graph_step is not None and update and graph_step.wants(metering=isinstance(meter, FiringRates))
         if graphed:        # forward, backward, clipping and optimizer step: one replay
+            watchdog.arrive(f"epoch {epoch}, step {step}: replayed step")
             loss = graph_step.run(images, targets)
         else:
             # DDP: synchronise gradients only on the micro-batch that completes an update.
             sync = model.no_sync() if (hasattr(model, "no_sync") and not update) else contextlib.nullcontext()
             with sync:
+                watchdog.arrive(f"epoch {epoch}, step {step}: forward")   # under DDP: buffers broadcast
                 with precision.autocast():
                     output = model(images)
                     loss = criterion(output, targets)
+                watchdog.arrive(f"epoch {epoch}, step {step}: backward")  # gradients all-reduced
                 scaler.scale(loss / accum).backward()
             reset_net(model)
         loss = loss.detach()
@@ -140,7 +149,8 @@ def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Prec
             model_ema.update(unwrap(model), step=num_updates)
         if scheduler is not None:
             scheduler.step_update(num_updates=num_updates)
-        loss_value, norm, loss_scale = _read_update(update_loss / accum, norm, scaler)   # the one sync
+        stop_flag = preemption.flag(device) if preemption is not None else None
+        loss_value, norm, loss_scale, stop = _read_update(update_loss / accum, norm, scaler, stop_flag)  # one sync
         if not math.isfinite(loss_value):
             micro = f"step {step}" if accum == 1 else f"steps {first_step}-{step}"
             raise NonFiniteLoss(f"loss is {loss_value} at epoch {epoch}, {micro}")
@@ -154,25 +164,32 @@ def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Prec
         if progress is not None and hasattr(progress, "set_postfix_str"):
             progress.set_postfix_str(telemetry.summary() if telemetry is not None and telemetry.last else
                                      f"loss {loss_value:.4f} lr {optimizer.param_groups[-1]['lr']:.3e}")
+        if stop or (stop_flag is None and preemption is not None and preemption.requested):
+            return {"stopped_at": step + 1, "loss_sum": loss_sum.item(), "seen": seen, "updates": num_updates}
         waited_since = time.perf_counter()
     if meter is not None:
         meter.__exit__(None, None, None)  # micro-batches after the last complete update
-    totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(seen), device=device, dtype=torch.float64)]))
+    totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(seen), device=device, dtype=torch.float64)]),
+                            f"the training loss of epoch {epoch}")
     epoch_loss = (totals[0] / totals[1]).item()
     if not math.isfinite(epoch_loss):     # only the micro-batches after the last update can get here
         raise NonFiniteLoss(f"loss is {epoch_loss} at epoch {epoch}, in the micro-batches after the last update")
     return {"loss": epoch_loss, "lr": optimizer.param_groups[-1]["lr"], "updates": num_updates}
 
 
-def _read_update(loss: torch.Tensor, norm: torch.Tensor | None, scaler) -> tuple:
-    """The update's loss, gradient norm and loss scale as Python numbers, in one device-to-host read."""
+def _read_update(loss: torch.Tensor, norm: torch.Tensor | None, scaler, stop: torch.Tensor | None = None) -> tuple:
+    """The update's loss, gradient norm, loss scale and (distributed) agreed preemption flag as
+    Python values, in one device-to-host read."""
     values = [loss.float()]
     if norm is not None:
         values.append(norm.float().to(loss.device))
         if scaler.is_enabled():
             values.append(scaler._get_scale_async().float().reshape(()))
+    if stop is not None:
+        values.append(stop.float().to(loss.device))
     read = torch.stack(values).tolist()
-    return read[0], (read[1] if norm is not None else None), (read[2] if len(read) > 2 else None)
+    stopped = bool(read.pop()) if stop is not None else False
+    return read[0], (read[1] if norm is not None else None), (read[2] if len(read) > 2 else None), stopped
 
 
 @torch.no_grad()
@@ -183,6 +200,7 @@ def evaluate(model, loader, precision: Precision, progress=None, amp: bool = Tru
     computes the logits instead of ``model`` (engine/cuda_graph.py's GraphedForward).
     """
     model.eval()
+    watchdog.arrive("validation: its first forward")   # under DDP: buffers broadcast once
     device = precision.device
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top1, top5, count
     for images, targets in (progress if progress is not None else loader):
@@ -201,7 +219,7 @@ def evaluate(model, loader, precision: Precision, progress=None, amp: bool = Tru
         sums += torch.stack([F.cross_entropy(output, targets, reduction="sum").double(),
                              correct[:, :1].sum().double(), correct.sum().double(),
                              torch.tensor(float(len(targets)), device=device, dtype=torch.float64)])
-    sums = all_reduce_sum(sums)
+    sums = all_reduce_sum(sums, "the validation totals")
     n = max(sums[3].item(), 1.0)
     return {"loss": sums[0].item() / n, "top1": 100 * sums[1].item() / n, "top5": 100 * sums[2].item() / n,
             "samples": int(sums[3].item())}

@@ -17,16 +17,17 @@ from timm.utils import dispatch_clip_grad
 
 import models
 
-from . import cuda_graph, distributed
-from .checkpoint import find_resume, load_training_state, save_atomic, set_rng_state, training_state
+from . import cuda_graph, distributed, watchdog
+from .checkpoint import find_resume, load_training_state, rng_state, save_atomic, set_rng_state, training_state
 from .config import Config, ConfigError, dump
-from .errors import OutOfMemory
+from .errors import CheckpointWriteError, OutOfMemory
 from .data import prepare_dataset
 from .data.dvs_augment import augment_batch
 from .factories import (build_criterion, build_datasets, build_ema, build_loaders, build_mixup, build_model,
                         build_optimizer, build_scheduler, data_settings, num_classes, wrap_model)
 from .loader import epoch_seed, seed_everything
 from .logger import RunLogger
+from .preemption import Preempted, Preemption
 from .recipe import resolve, resolve_values
 from .run_lock import RunFolderLock
 from .telemetry import Telemetry
@@ -69,7 +70,7 @@ def out_of_memory_message(cfg: Config, device: torch.device, where: str, evaluat
 
 
 def train(cfg: Config, local_rank: int | None = None) -> dict:
-    info = distributed.init(cfg.device, local_rank)
+    info = distributed.init(cfg.device, local_rank, cfg.dist_timeout)
     if info.distributed:
         print(f"[rank {info.rank}/{info.world_size}] joined the process group on {info.device}", flush=True)
     run_dir = cfg.run_dir()
@@ -81,7 +82,10 @@ def train(cfg: Config, local_rank: int | None = None) -> dict:
                         log_interval=cfg.log_interval)
         if lock.took_over:
             log.info(f"took over the lock of a run that is no longer running ({lock.took_over})")
-        return _train(cfg, info, log, resume_path)
+        if watchdog._active is not None:
+            watchdog._active.report = log.info   # a stopped process is named in log.txt too
+        with Preemption(cfg.preempt_signals) as preemption:
+            return _train(cfg, info, log, resume_path, preemption)
     finally:
         if log is not None:
             log.close()
@@ -100,7 +104,7 @@ def _agree_on_resume(cfg: Config, info, lock: RunFolderLock) -> Path | None:
             decision = ("ok", find_resume(cfg))
         except ConfigError as exc:
             decision = ("error", str(exc))
-    decision = distributed.broadcast_object(decision)
+    decision = distributed.broadcast_object(decision, what="agreeing on the checkpoint to resume from")
     if decision[0] == "error":
         raise ConfigError(decision[1])
     path = decision[1]
@@ -109,8 +113,8 @@ def _agree_on_resume(cfg: Config, info, lock: RunFolderLock) -> Path | None:
     return path
 
 
-def _train(cfg: Config, info, log: RunLogger, resume_path) -> dict:
-    run = Training(cfg, info, log, resume_path)   # build
+def _train(cfg: Config, info, log: RunLogger, resume_path, preemption: Preemption | None = None) -> dict:
+    run = Training(cfg, info, log, resume_path, preemption)   # build
     run.resume()
     run.report_start()
     for epoch in range(run.start_epoch, run.total_epochs):
@@ -125,14 +129,14 @@ class Training:
     The order of construction is part of the results: building the model, the datasets and the
     loaders draws from the seeded generators, so it stays as it is for bit-identical runs."""
 
-    def __init__(self, cfg: Config, info, log: RunLogger, resume_path):
+    def __init__(self, cfg: Config, info, log: RunLogger, resume_path, preemption: Preemption | None = None):
         cfg, _ = resolve(cfg)
         accum, lr = cfg.resolve_batching(info.world_size)
         self.lr_origin = "" if cfg.lr is not None else f" (= blr {cfg.blr:g} x effective batch / 256)"
         # From here on lr is absolute (config.yaml and checkpoints record it, without blr).
         self.cfg = cfg = dataclasses.replace(cfg, accum_iter=accum, lr=lr, blr=None)
         cuda_graph.check_available(cfg, info.device)     # before any data is touched
-        self.info, self.log, self.resume_path = info, log, resume_path
+        self.info, self.log, self.resume_path, self.preemption = info, log, resume_path, preemption
         seed_everything(cfg.seed)  # the same initial weights on every rank (and so the same EMA)
         self.num_classes = num_classes(cfg)
         self.model = model = build_model(cfg, self.num_classes)
@@ -158,6 +162,7 @@ class Training:
         self.criterion = build_criterion(cfg)
         self.mixup_fn = build_mixup(cfg, self.num_classes)
         self.start_epoch, self.best, self.last_val = 0, (-1.0, -1), {}
+        self.start_step, self.partial = 0, (0.0, 0)   # inside start_epoch, after a preemption
         self.telemetry = Telemetry(log, self.net)
         self.graph_step, self.graph_eval = self._cuda_graphs()
         self.steps_left = 0  # training steps until the end, for the run's ETA in log lines
@@ -196,15 +201,37 @@ class Training:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             _load_scaler(self.scaler, state, cfg, log)
-            set_rng_state(state["rng"])
             self.start_epoch, self.best = state["epoch"] + 1, (state["best_top1"], state["best_epoch"])
-            log.info(f"resumed from {self.resume_path} (epoch {state['epoch']} done, best top-1 {self.best[0]:.2f})")
+            position = state.get("position")
+            if position is None:
+                set_rng_state(state["rng"])
+                log.info(f"resumed from {self.resume_path} (epoch {state['epoch']} done, best top-1 "
+                         f"{self.best[0]:.2f})")
+            else:
+                self._resume_inside_epoch(position)
         elif cfg.start_epoch:
             if cfg.start_epoch >= self.total_epochs:
                 raise ConfigError(f"start_epoch {cfg.start_epoch} is past the last epoch ({self.total_epochs - 1})")
             self.start_epoch = cfg.start_epoch
             self.scheduler.step(self.start_epoch)  # as upstream: the schedule continues where the epoch count says
-        self.steps_left = len(self.loader) * (self.total_epochs - self.start_epoch)
+        self.steps_left = len(self.loader) * (self.total_epochs - self.start_epoch) - self.start_step
+
+    def _resume_inside_epoch(self, position: dict) -> None:
+        """Continue a preempted epoch after its last optimizer step: the loader skips the samples
+        already trained on and every rank gets back its random state and partial loss."""
+        cfg, info = self.cfg, self.info
+        saved = (position["world_size"], position["batch_size"], position["accum_iter"])
+        if saved != (info.world_size, cfg.batch_size, cfg.accum_iter):
+            raise ConfigError(
+                f"{self.resume_path} stopped inside epoch {position['epoch']} with {saved[0]} processes x batch "
+                f"{saved[1]} x accum {saved[2]}; resume it with the same (now {info.world_size} x {cfg.batch_size} "
+                f"x {cfg.accum_iter}), so that the rest of the epoch is the same samples")
+        self.start_epoch, self.start_step = position["epoch"], position["step"]
+        self.partial = (position["loss_sum"][info.rank], position["seen"][info.rank])
+        set_rng_state(position["rng"][info.rank])
+        self.log.info(f"resumed from {self.resume_path} inside epoch {self.start_epoch}, after step "
+                      f"{self.start_step} of {len(self.loader)} "
+                      f"(stopped by {position.get('signal', 'a signal')}); best top-1 {self.best[0]:.2f}")
 
     # --- reports ---------------------------------------------------------------------------
     def report_start(self) -> None:
@@ -247,8 +274,11 @@ class Training:
         """Train one epoch, validate (the EMA too), step the schedule, checkpoint, report."""
         cfg, info, log = self.cfg, self.info, self.log
         started = time.time()
-        seed_everything(epoch_seed(cfg.seed, epoch, info.rank))
+        start_step, partial = (self.start_step, self.partial) if epoch == self.start_epoch else (0, (0.0, 0))
+        if not start_step:   # inside the epoch, the random state is the checkpoint's
+            seed_everything(epoch_seed(cfg.seed, epoch, info.rank))
         self.loader.sampler.set_epoch(epoch)
+        self.loader.sampler.start_at(start_step * cfg.batch_size)
         if self.mixup_fn is not None and cfg.mixup_off_epoch and epoch >= cfg.mixup_off_epoch:
             self.mixup_fn.mixup_enabled = False
         bar = log.progress(self.loader, len(self.loader), f"train {epoch}/{self.total_epochs - 1}",
@@ -259,11 +289,14 @@ class Training:
                 train_stats = train_one_epoch(self.net, self.loader, self.optimizer, self.criterion, self.scaler,
                                               self.precision, epoch, cfg, self.scheduler, self.model_ema,
                                               self.mixup_fn, bar, batch_aug=augment_batch if cfg.dvs_aug else None,
-                                              telemetry=self.telemetry, graph_step=self.graph_step)
+                                              telemetry=self.telemetry, graph_step=self.graph_step,
+                                              start_step=start_step, partial=partial, preemption=self.preemption)
         except NonFiniteLoss as exc:
             raise NonFiniteLoss(f"{exc}; stopped, {self._last_good(epoch)}. Resume (--resume auto) with "
                                 f"--clip-grad or without float16 (--no-amp or --amp-dtype bfloat16), or start "
                                 f"again with a lower --lr.") from None
+        if "stopped_at" in train_stats:
+            self.save_position(epoch, train_stats)
         with out_of_memory_guide(cfg, info.device, f"validation after epoch {epoch}", evaluation=True):
             val = evaluate(self.net, self.val_loader, self.precision,
                            log.progress(self.val_loader, len(self.val_loader), f"val {epoch}"), amp=cfg.eval_amp,
@@ -286,19 +319,53 @@ class Training:
         if improved:
             self.best = (metric["top1"], epoch)
         record.update(best_top1=self.best[0], best_epoch=self.best[1], epoch_time=time.time() - started)
-        self.save(epoch, improved)
+        stop = self.save(epoch, improved)
         self.report_epoch(epoch, record, val, metric, scalars)
         self.last_val = metric
+        if stop and epoch + 1 < self.total_epochs:
+            raise Preempted(f"stopped by {self.preemption.received or 'a signal on another rank'} after epoch "
+                            f"{epoch}; {self.cfg.run_dir() / 'last.pth'} holds it: continue with --resume auto")
 
-    def save(self, epoch: int, improved: bool) -> None:
-        """last.pth every epoch, best.pth when validation top-1 improved (rank 0 writes)."""
+    def save(self, epoch: int, improved: bool, position: dict | None = None) -> bool:
+        """last.pth every epoch, best.pth when validation top-1 improved, last.pth with the
+        ``position`` inside an epoch on preemption; rank 0 writes. Every rank then learns whether
+        the write failed (and stops with it) and whether any rank was asked to stop (returned)."""
+        failed = None
         if self.info.is_main:
             state = training_state(self.model, self.model_ema, self.optimizer, self.scheduler, self.scaler, epoch,
                                    self.best, self.cfg.to_dict())
-            save_atomic(state, self.cfg.run_dir() / "last.pth")
-            if improved:
-                save_atomic(state, self.cfg.run_dir() / "best.pth")
-        distributed.barrier()
+            if position is not None:
+                state["position"] = position
+            watchdog.note(f"writing {self.cfg.run_dir() / 'last.pth'}")
+            try:
+                save_atomic(state, self.cfg.run_dir() / "last.pth")
+                if improved:
+                    save_atomic(state, self.cfg.run_dir() / "best.pth")
+            except CheckpointWriteError as exc:
+                failed = exc
+        requested = self.preemption is not None and self.preemption.requested
+        agreed = distributed.all_reduce_sum(torch.tensor([float(failed is not None), float(requested)],
+                                                         device=self.info.device),
+                                            f"the checkpoint after epoch {epoch}").tolist()
+        if failed is not None:
+            raise failed
+        if agreed[0]:
+            raise CheckpointWriteError("rank 0 could not write the checkpoint (its error says why); stopped")
+        return bool(agreed[1])
+
+    def save_position(self, epoch: int, stats: dict) -> None:
+        """On preemption: last.pth with where this epoch stopped, then stop every rank."""
+        cfg, info = self.cfg, self.info
+        per_rank = distributed.gather_objects((rng_state(), stats["loss_sum"], stats["seen"]),
+                                              f"the position inside epoch {epoch}")
+        position = {"epoch": epoch, "step": stats["stopped_at"], "world_size": info.world_size,
+                    "batch_size": cfg.batch_size, "accum_iter": cfg.accum_iter,
+                    "rng": [r[0] for r in per_rank], "loss_sum": [r[1] for r in per_rank],
+                    "seen": [r[2] for r in per_rank], "signal": self.preemption.received}
+        self.save(epoch - 1, False, position)
+        raise Preempted(f"stopped by {self.preemption.received or 'a signal on another rank'} inside epoch {epoch} "
+                        f"after step {stats['stopped_at']}; {cfg.run_dir() / 'last.pth'} holds it: continue with "
+                        f"--resume auto")
 
     def _last_good(self, epoch: int) -> str:
         return _last_good(self.cfg, epoch, self.start_epoch, self.resume_path)

@@ -74,10 +74,17 @@ def test_legacy_torch_distributed_launch(imagenet, tmp_path):
     check_run(out, tmp_path / RUN, 1)
 
 
-def test_killed_distributed_run_resumes_exactly(imagenet, tmp_path):
-    args = [TRAIN, "--data-dir", str(imagenet), "--epochs", "3", *TINY]
-    full = torchrun(*args, "--output", str(tmp_path / "full"))
+@pytest.fixture(scope="module")
+def full_run(imagenet, tmp_path_factory):
+    """Three epochs, never interrupted: what the interrupted runs must end with."""
+    out = tmp_path_factory.mktemp("full")
+    full = torchrun(TRAIN, "--data-dir", str(imagenet), "--epochs", "3", *TINY, "--output", str(out))
     assert full.returncode == 0, full.stderr[-2000:]
+    return models.safe_load(out / RUN / "last.pth")
+
+
+def test_killed_distributed_run_resumes_exactly(imagenet, tmp_path, full_run):
+    args = [TRAIN, "--data-dir", str(imagenet), "--epochs", "3", *TINY]
     run = tmp_path / "killed" / RUN
     proc = torchrun(*args, "--output", str(tmp_path / "killed"), start_new_session=True,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -90,9 +97,47 @@ def test_killed_distributed_run_resumes_exactly(imagenet, tmp_path):
     assert done < 2
     resumed = torchrun(*args, "--output", str(tmp_path / "killed"), "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = models.safe_load(tmp_path / "full" / RUN / "last.pth"), models.safe_load(run / "last.pth")
+    a, b = full_run, models.safe_load(run / "last.pth")
     assert a["epoch"] == b["epoch"] == 2
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+FAULTY = str(ROOT / "tests" / "faulty_train.py")
+
+
+def test_preempted_distributed_run_resumes_exactly(imagenet, tmp_path, full_run):
+    """SIGTERM reaches rank 1 alone, inside epoch 1: both ranks finish that optimizer step, rank 0
+    checkpoints the position (each rank's random state included) and both exit with status 75."""
+    args = ["--data-dir", str(imagenet), "--epochs", "3", *TINY, "--output", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FAULT": "signal", "FAULT_RANK": "1", "FAULT_AT": "5"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    stopped = subprocess.run([*cmd, FAULTY, *args], capture_output=True, text=True, env=env)
+    assert stopped.returncode != 0 and "exitcode  : 75" in stopped.stderr, stopped.stderr[-3000:]
+    assert "preempted: stopped by SIGTERM inside epoch 1 after step 2;" in stopped.stderr
+    assert "preempted: stopped by a signal on another rank inside epoch 1 after step 2;" in stopped.stderr
+    state = models.safe_load(tmp_path / RUN / "last.pth")
+    assert state["position"]["epoch"] == 1 and state["position"]["step"] == 2 and len(state["position"]["rng"]) == 2
+    resumed = torchrun(TRAIN, *args, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    b = models.safe_load(tmp_path / RUN / "last.pth")
+    assert b["epoch"] == 2 and all(torch.equal(full_run["model"][k], b["model"][k]) for k in b["model"])
+
+
+def test_a_hung_rank_is_named_within_the_timeout(imagenet, tmp_path):
+    """Rank 1 blocks forever when validation starts; rank 0 waits in the next collective. Within
+    dist_timeout + 30 s the job ends with one line naming rank 1 and where it stopped."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FAULT": "hang", "FAULT_RANK": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", FAULTY,
+           "--data-dir", str(imagenet), "--epochs", "2", *TINY, "--output", str(tmp_path), "--dist-timeout", "4"]
+    started = time.time()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    # 20 s on top: starting two processes and training epoch 0 on 2 CPU cores
+    assert time.time() - started < 4 + 30 + 20
+    lines = [l for l in out.stderr.splitlines() if l.startswith("error: stopped responding: rank 1 (")]
+    assert len(lines) == 2, out.stderr[-3000:]     # rank 0 names it, and so does rank 1 itself
+    assert all("last at 'the training loss of epoch 0'; rank 0 waits at 'validation" in l for l in lines)
+    assert "exitcode  : 69" in out.stderr
+    assert "stopped responding: rank 1 (" in (tmp_path / RUN / "log.txt").read_text()   # rank 0 logged it
 
 
 def test_distributed_evaluation_equals_single_process(imagenet, tmp_path):

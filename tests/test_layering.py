@@ -47,7 +47,10 @@ def test_evaluation_and_tools_do_not_import_training(module):
 
 @pytest.mark.parametrize("module", ["engine.distributed", "engine.optim", "engine.checkpoint"])
 def test_low_level_modules_take_only_exception_types_from_the_engine(module):
-    assert {m for m in imports(module) if m.startswith("engine")} == {"engine.errors"}
+    # (engine.watchdog, which names a stopped process for engine.distributed, imports nothing of the engine)
+    # ("engine" itself: the package of a ``from . import watchdog``)
+    assert {m for m in imports(module) if m.startswith("engine")} - {"engine"} <= {"engine.errors", "engine.watchdog"}
+    assert not {m for m in imports("engine.watchdog") if m.startswith("engine")}
 
 
 def test_the_energy_counter_imports_no_model_class():

@@ -6,7 +6,8 @@ from typing import Callable
 
 import torch
 
-from ..distributed import all_reduce_sum
+from .. import watchdog
+from ..distributed import all_reduce_sum, patient_group
 
 from .cifar import build_cifar
 from .dvs import build_dvs, prepare
@@ -91,7 +92,9 @@ def prepare_dataset(cfg, T: int, info) -> None:
                 spec.prepare(cfg, T)
             except DataError as exc:
                 error = str(exc)
-        failed = all_reduce_sum(torch.tensor([float(error is not None)], device=info.device))
+        with watchdog.paused():   # rank 0 may take hours for a DVS frame cache: no timeout here
+            failed = all_reduce_sum(torch.tensor([float(error is not None)]), "dataset preparation",
+                                    group=patient_group())
         if failed.item():
             raise DataError(error or "preparing the data failed on another process; see its error above")
 
