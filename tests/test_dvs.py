@@ -245,3 +245,25 @@ def test_prepare_dataset_runs_on_the_right_ranks(monkeypatch):
     monkeypatch.setitem(data.DATASETS, "probe", data.DatasetSpec(10, None, prepare=broken))
     with pytest.raises(DataError, match="no raw files"):
         data.prepare_dataset(cfg, 7, DistInfo(rank=0, world_size=2))
+
+
+def test_a_recording_cut_at_an_event_boundary_is_named_by_its_archive(tmp_path, monkeypatch):
+    """A download that lost whole events reads as valid AEDAT; only the archive's checksum against
+    the published one shows it. Here the generated archives play the published ones."""
+    import hashlib
+    import warnings
+    from engine.data import dvs_prepare
+    intact = tmp_path / "intact"
+    write_cifar10dvs(intact)
+    published = [(f"{c}.zip", hashlib.md5((intact / "download" / f"{c}.zip").read_bytes()).hexdigest())
+                 for c in CIFAR10DVS_CLASSES]
+    monkeypatch.setattr(dvs_prepare, "_archives", lambda name: published)
+    cut = tmp_path / "cut"
+    write_cifar10dvs(cut, edit=lambda c, k, data: data[:-8 * 10] if (c, k) == ("cat", 5) else data)  # 10 events
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepare("cifar10dvs", intact, T)
+        assert not [w for w in caught if "differ from the published" in str(w.message)]
+        prepare("cifar10dvs", cut, T)
+    [warning] = [str(w.message) for w in caught if "differ from the published" in str(w.message)]
+    assert warning.startswith("cifar10dvs: cat.zip differ from the published files (md5)")
