@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from models import CheckpointError, safe_load
+from models.checkpoint import fit_state_dict, to_original
 
 from .errors import CheckpointWriteError, ConfigError
 
@@ -109,6 +110,37 @@ def training_state(model, model_ema, optimizer, scheduler, scaler, epoch: int, b
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "epoch": epoch, "best_top1": best[0], "best_epoch": best[1],
             "config": config, "rng": rng_state()}
+
+
+def without_unused_layernorms(state: dict, model, optimizer) -> dict:
+    """A training checkpoint written while Spikingformer and SGLFormer-ImageNet still held the
+    originals' never-called LayerNorms (models/checkpoint.py): the model and EMA weights without
+    them, and the optimizer state without their entries (they never had a gradient, so no state),
+    the other parameters' ids renumbered. Other checkpoints are returned as they are."""
+    unused = getattr(model, "unused_layernorms", dict)()
+    if not any(k in state["model"] for k in unused):
+        return state
+    state = dict(state, model=fit_state_dict(model, state["model"]))
+    if state.get("model_ema") is not None:
+        state["model_ema"] = fit_state_dict(model, state["model_ema"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    ours = [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
+    group_of = {n: i for i, group in enumerate(ours) for n in group}
+    # they were 1-D, so in the group without weight decay, in the original parameter order
+    no_decay = next((i for i, g in enumerate(optimizer.param_groups) if not g.get("weight_decay")), 0)
+    order = [k for k in to_original(model) if k in group_of or k in unused]
+    old = [[n for n in order if group_of.get(n, no_decay if n in unused else None) == i] for i in range(len(ours))]
+    saved = state["optimizer"]
+    if [len(g["params"]) for g in saved["param_groups"]] != [len(g) for g in old]:
+        raise CheckpointError("the checkpoint's optimizer state does not match this model's parameters (with the "
+                              "originals' unused LayerNorms); start a new run from its weights with "
+                              "--initial-checkpoint instead of --resume")
+    name_of = {i: n for g, names_ in zip(saved["param_groups"], old) for i, n in zip(g["params"], names_)}
+    new_id = {n: i for i, n in enumerate(n for group in ours for n in group)}
+    groups = [dict(g, params=[new_id[n] for n in names_]) for g, names_ in zip(saved["param_groups"], ours)]
+    kept = {new_id[name_of[i]]: v for i, v in saved["state"].items() if name_of[i] not in unused}
+    state["optimizer"] = {"state": kept, "param_groups": groups}
+    return state
 
 
 def find_resume(cfg) -> Path | None:

@@ -10,10 +10,11 @@ back to a default. A YAML may extend another with ``base: <path relative to it>`
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import difflib
+import importlib.util
 import os
+import sys
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,19 +29,20 @@ GROUPS = {"model": "model", "data": "data", "augmentation": "augmentation (timm)
           "optimisation": "optimisation and precision", "run": "run: outputs, logging, resume"}
 
 
-def neuron_backends() -> tuple[str, ...]:
-    """``models.neuron.BACKENDS``, read from that file's source so that ``--help`` need not import
-    torch; imported the ordinary way if it is ever not a literal tuple."""
-    path = Path(__file__).resolve().parent.parent / "models" / "neuron.py"
-    try:
-        for node in ast.parse(path.read_text()).body:
-            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-            if any(getattr(t, "id", None) == "BACKENDS" for t in targets) and node.value is not None:
-                return tuple(ast.literal_eval(node.value))
-    except (OSError, SyntaxError, ValueError):
-        pass
-    from models.neuron import BACKENDS
-    return tuple(BACKENDS)
+def runtime_options():
+    """models/options.py (names, choices, help of the models' runtime options), loaded without the
+    models package, whose import builds every variant with torch: ``--help`` answers at once. A
+    later ``import models`` finds it under its own name and uses the same module."""
+    name = "models.options"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "models" / "options.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+OPTIONS = runtime_options().OPTIONS
 
 
 def key(default, help: str, *, group: str, choices=None):
@@ -63,15 +65,14 @@ class Config:
     mlp_ratio: Optional[float] = key(None, 'MLP hidden width / embed_dim', group='model')
     img_size: Optional[int] = key(None, 'input resolution', group='model')
     num_classes: Optional[int] = key(None, 'None: from the dataset', group='model')
-    fix_tb_merge: bool = key(False, 'fix the upstream LIF-over-T*B bug (README)', group='model')
-    backend: Optional[str] = key(None, 'LIF neuron backend, the models\' backend= (None: $SNN_LIF_BACKEND, else auto)',
-        group='model', choices=neuron_backends)
-    attention_order: str = key("original", "attention products in the original files' order (gradients "
-        "bit-identical to the originals) or the cheaper order (fast: same outputs, gradients within rounding)",
-        group='model', choices=('original', 'fast'))
-    activation_memory: str = key("compact", "compact: spikes saved for backward as bits, batch-norm/neuron steps "
-        "recomputed in backward (bit-identical, less memory); standard: autograd's usual storage",
-        group='model', choices=('compact', 'standard'))
+    # runtime options of the models (models/options.py: defaults, choices and help defined there)
+    fix_tb_merge: bool = key(OPTIONS["fix_tb_merge"].default, OPTIONS["fix_tb_merge"].help, group='model')
+    backend: Optional[str] = key(OPTIONS["backend"].default, OPTIONS["backend"].help, group='model',
+        choices=OPTIONS["backend"].choices)
+    attention_order: str = key(OPTIONS["attention_order"].default, OPTIONS["attention_order"].help, group='model',
+        choices=OPTIONS["attention_order"].choices)
+    activation_memory: str = key(OPTIONS["activation_memory"].default, OPTIONS["activation_memory"].help,
+        group='model', choices=OPTIONS["activation_memory"].choices)
     initial_checkpoint: Optional[str] = key(None, 'start from these weights (fine-tuning)', group='model')
     start_epoch: Optional[int] = key(None, 'begin the schedule at this epoch (continued training)', group='model')
 
@@ -158,7 +159,7 @@ class Config:
         group='optimisation')
     amp_dtype: str = key("float16", 'float16 (with loss scaling) | bfloat16',
         group='optimisation', choices=('float16', 'bfloat16'))
-    grad_checkpointing: bool = key(False, 'recompute blocks in backward: less memory, same gradients',
+    grad_checkpointing: bool = key(OPTIONS["grad_checkpointing"].default, OPTIONS["grad_checkpointing"].help,
         group='optimisation')
     compile: bool = key(False, 'torch.compile the model (slow to start; see README)', group='optimisation')
     cuda_graph: bool = key(False, 'replay each training step (and evaluation forward) as one CUDA graph after a '

@@ -100,17 +100,13 @@ def build_ema(cfg: Config, model: nn.Module) -> ModelEmaV3 | None:
     return ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
 
 
-def has_unused_parameters(model: nn.Module) -> bool:
-    return any(getattr(m, "unused_names", ()) for m in model.modules())
-
-
 def wrap_model(cfg: Config, model: nn.Module, info: DistInfo) -> nn.Module:
     """The module the training step calls: DDP across processes, ``torch.compile`` if asked."""
     net = model
     if info.distributed:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-            find_unused_parameters=has_unused_parameters(model))
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+        # (every parameter gets a gradient: no unused-parameter search, see models/checkpoint.py)
     if cfg.compile:
         if cfg.grad_checkpointing or cfg.activation_memory == "compact":
             LOGGER.warning("torch.compile: gradient checkpointing and compact activation memory are off "

@@ -5,7 +5,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from models.checkpoint import check_compatible, extract_state_dict
+from models.checkpoint import extract_state_dict, fit_state_dict
 from models.pretrained import read_checkpoint
 
 from . import distributed
@@ -95,9 +95,7 @@ def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: st
         log.info(describe_eval_settings(cfg, checkpoint, explicit, from_file, sources))
         seed_everything(cfg.seed)
         model = build_model(cfg, num_classes(cfg))
-        state_dict = extract_state_dict(checkpoint, use_ema=use_ema)
-        check_compatible(model, state_dict)
-        model.load_state_dict(state_dict)
+        model.load_state_dict(fit_state_dict(model, extract_state_dict(checkpoint, use_ema=use_ema)))
         model.to(info.device)
         precision = Precision.from_config(cfg, info.device)
         prepare_dataset(cfg, model.T, info)

@@ -9,9 +9,11 @@ Importing this package registers every published variant with timm::
 ``pretrained=True`` loads a file, a converted folder or an ``hf_hub:`` id (models/pretrained.py).
 """
 from .checkpoint import CheckpointError, load_checkpoint, safe_load
-from .layers import ATTENTION_ORDERS, set_attention_order
-from .memory import set_activation_memory
-from .neuron import LIF, reset_net, set_backend
+from . import options  # noqa: F401  (an attribute even when engine/config.py loaded it first)
+from .neuron import LIF, reset_net
+from .options import ATTENTION_ORDERS, RuntimeOptions
+from .runtime import apply as apply_options
+from .runtime import set_activation_memory, set_attention_order, set_backend
 from .qkformer import QKFormer
 from .sglformer import SGLFormer
 from .spikingformer import Spikingformer
@@ -19,4 +21,4 @@ from .variants import VARIANTS, build
 
 __all__ = ["QKFormer", "Spikingformer", "SGLFormer", "VARIANTS", "build", "LIF", "reset_net",
            "set_backend", "set_attention_order", "set_activation_memory", "ATTENTION_ORDERS",
-           "load_checkpoint", "safe_load", "CheckpointError"]
+           "load_checkpoint", "safe_load", "CheckpointError", "RuntimeOptions", "apply_options"]

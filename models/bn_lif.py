@@ -36,10 +36,10 @@ _verified: dict = {}     # (device, dtype, shape, kernel) -> formula index or No
 def applies(x: torch.Tensor, norm: nn.Module, neuron: nn.Module) -> bool:
     """Whether the tail ``norm -> neuron`` on the convolution output `x` runs as one node here:
     a compact training forward that would recompute it, a Triton neuron, a standard batch norm."""
-    from .neuron import LIF, resolve_backend
     if not (memory.packing() and not memory._flag("no_recompute") and torch.is_grad_enabled() and x.requires_grad):
         return False
-    if not isinstance(neuron, LIF) or torch.compiler.is_compiling():
+    # (a LIF of models/neuron.py, which imports this module: recognised by its method, not its class)
+    if not hasattr(neuron, "backend_for") or torch.compiler.is_compiling():
         return False
     if not (isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.training and norm.affine
             and norm.track_running_stats and norm.momentum is not None):
@@ -49,7 +49,7 @@ def applies(x: torch.Tensor, norm: nn.Module, neuron: nn.Module) -> bool:
     if not x.is_contiguous() or x.dim() < 3:
         return False
     try:
-        return resolve_backend(neuron.requested_backend, x.device) == "triton"
+        return neuron.backend_for(x.device) == "triton"
     except RuntimeError:
         return False
 

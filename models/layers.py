@@ -26,6 +26,7 @@ from . import bn_lif as bn_lif_node
 from . import memory
 from .neuron import lif, reset_net
 from .op_counts import ssa_op_counts, ssa_spike_ops
+from .options import ATTENTION_ORDERS
 
 
 class Unit(NamedTuple):
@@ -260,7 +261,6 @@ class SpikingMLP(ConvUnits):
                          order=order, tau=tau)
 
 
-ATTENTION_ORDERS = ("original", "fast")
 
 
 def check_attention_order(attention_order: str) -> str:
@@ -374,29 +374,17 @@ class SpikingSelfAttention(nn.Module):
 class Residual(Checkpointable):
     """``x = x + f(x)`` for each sub-module in order: the block pattern of all three families.
 
-    ``parts`` maps the original attribute names to modules. Names in ``unused`` are registered
-    but never called: some originals define LayerNorms they do not use, and their checkpoints
-    (and parameter counts) include them. ``grad_checkpointing``: see :class:`Checkpointable`.
+    ``parts`` maps the original attribute names to modules. ``grad_checkpointing``: see
+    :class:`Checkpointable`.
     """
 
-    def __init__(self, parts: dict[str, nn.Module], unused: Sequence[str] = ()):
+    def __init__(self, parts: dict[str, nn.Module]):
         super().__init__()
         for name, module in parts.items():
             setattr(self, name, module)
-        self.unused_names = tuple(unused)
-        self.residual_names = tuple(n for n in parts if n not in unused)
+        self.residual_names = tuple(parts)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         for name in self.residual_names:
             x = memory.add(x, self._modules[name](x))   # spike counts where both are
         return x
-
-
-def set_attention_order(model: nn.Module, attention_order: str) -> nn.Module:
-    """Switch every spiking self-attention in `model` to ``"original"`` or ``"fast"`` (see
-    :func:`spike_attention`); the parameters are unchanged."""
-    check_attention_order(attention_order)
-    for module in model.modules():
-        if hasattr(module, "attention_order"):
-            module.attention_order = attention_order
-    return model

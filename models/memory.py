@@ -39,7 +39,8 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-MODES = ("compact", "standard")
+from .options import ACTIVATION_MEMORY as MODES
+
 MIN_NUMEL = 4096          # smaller tensors are kept as they are: packing them saves nothing
 
 _state = threading.local()
@@ -398,8 +399,8 @@ def no_recompute():
 
 
 def _neurons(modules):
-    from .neuron import LIF
-    return [m for mod in modules for m in mod.modules() if isinstance(m, LIF)]
+    # (the LIFs of models/neuron.py, which imports this module: recognised by their marker)
+    return [m for mod in modules for m in mod.modules() if getattr(m, "is_lif", False)]
 
 
 @contextlib.contextmanager
@@ -456,12 +457,3 @@ def compact_forward(mode: str, training: bool):
     if mode == "compact" and training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
         return SpikePacker()
     return contextlib.nullcontext()
-
-
-def set_activation_memory(model: nn.Module, mode: str) -> nn.Module:
-    """Switch every model inside `model` to ``"compact"`` or ``"standard"`` activation memory."""
-    check_mode(mode)
-    for m in model.modules():
-        if hasattr(m, "activation_memory"):
-            m.activation_memory = mode
-    return model

@@ -38,7 +38,7 @@ from spikingjelly.clock_driven import neuron as _sj_neuron
 
 from . import memory
 
-BACKENDS = ("auto", "torch", "fused", "cupy", "triton")
+from .options import BACKENDS
 BACKEND_ENV = "SNN_LIF_BACKEND"
 
 _warned: set = set()
@@ -166,6 +166,8 @@ class LIF(_sj_neuron.MultiStepLIFNode):
     (``reset_net``, monitors, ``isinstance(m, MultiStepLIFNode)``) working on our models.
     """
 
+    is_lif = True   # how models/memory.py and models/bn_lif.py recognise one without importing this module
+
     def __init__(self, tau: float = 2.0, v_threshold: float = 1.0, backend: str | None = None):
         super().__init__(tau=tau, v_threshold=v_threshold, detach_reset=True, backend="torch")
         # Without an explicit backend only the name is checked here: the model applies its own
@@ -174,6 +176,10 @@ class LIF(_sj_neuron.MultiStepLIFNode):
         self.requested_backend = check_backend(backend) if backend else \
             _check_name(os.environ.get(BACKEND_ENV, "auto"))
         self.implementation = None  # what the last call ran: torch, fused, cupy or triton
+
+    def backend_for(self, device: torch.device) -> str:
+        """The implementation this neuron runs for a tensor on `device`."""
+        return resolve_backend(self.requested_backend, device)
 
     def forward(self, x_seq: torch.Tensor, norm: torch.nn.Module | None = None, lif_shape=None) -> torch.Tensor:
         """Spikes of ``x_seq`` ([T, ...]). With `norm`: ``x_seq`` is that batch norm's input and the
@@ -283,15 +289,6 @@ class MultiStepLIF(torch.autograd.Function):
 def lif(v_threshold: float = 1.0, tau: float = 2.0) -> LIF:
     """The neuron every layer uses (thresholds: 1.0, or 0.5 after attention)."""
     return LIF(tau=tau, v_threshold=v_threshold)
-
-
-def set_backend(model: torch.nn.Module, backend: str | None) -> torch.nn.Module:
-    """Set the backend of every LIF in `model` (None: the default from $SNN_LIF_BACKEND)."""
-    backend = check_backend(backend or default_backend())
-    for module in model.modules():
-        if isinstance(module, LIF):
-            module.requested_backend = backend
-    return model
 
 
 def reset_net(model: torch.nn.Module) -> None:

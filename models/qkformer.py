@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 
 from . import memory
-from .base import SpikingClassifier
+from .base import SpikingClassifier, runtime_options
+from .options import RuntimeOptions
 from .layers import ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, bn_lif, check_heads
 from .neuron import lif
 from .op_counts import token_qk_op_counts, token_qk_spike_ops
@@ -131,25 +132,21 @@ class QKFormer(SpikingClassifier):
         mlp_ratio: MLP hidden width / block width.
         in_chans, num_classes, T: input channels (3 images, 2 event polarities), classes,
             time steps (images are repeated T times; event inputs bring their own T).
-        fix_tb_merge: fix upstream issue #14 (see :func:`models.layers.lif_on_merged_tb`).
-        attention_order: ``"original"`` (default: ``Q (K^T V)`` on contiguous heads, as every
-            original file, so gradients are bit-identical) or ``"fast"`` (the cheaper order; same
-            outputs, gradients within rounding). See :func:`models.layers.spike_attention`.
-        backend: LIF backend, ``"auto"``/``"fused"``/``"torch"``/``"cupy"``/``"triton"``
-            (None: $SNN_LIF_BACKEND).
-        activation_memory: ``"compact"`` (default: spikes saved for backward as bits, cheap
-            batch-norm/neuron steps recomputed in backward; bit-identical) or ``"standard"``.
-            See :mod:`models.memory`.
+        global_pool, feature_time: ``"avg"`` or ``""``; ``"mean"`` or ``"keep"`` (see
+            :class:`models.base.SpikingClassifier`).
+        options, **runtime: how the model runs (backend, attention order, activation memory,
+            gradient checkpointing, ``fix_tb_merge``): a :class:`models.options.RuntimeOptions`
+            and/or keyword arguments of the same names.
     """
 
     def __init__(self, layout: str = "imagenet", embed_dim: int = 384, depth: int = 10,
                  num_heads: int = 6, mlp_ratio: float = 4.0, in_chans: int = 3,
                  num_classes: int = 1000, T: int = 4, img_size: int | None = None,
-                 fix_tb_merge: bool = False, backend: str | None = None,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, attention_order: str = "original",
-                 activation_memory: str = "compact"):
-        super().__init__(layout, num_classes, embed_dim, T, img_size, drop_rate, drop_path_rate,
-                         activation_memory)
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, global_pool: str = "avg",
+                 feature_time: str = "mean", options: RuntimeOptions | None = None, **runtime):
+        o = runtime_options(options, runtime)
+        super().__init__(layout, num_classes, embed_dim, T, img_size, drop_rate, drop_path_rate, in_chans,
+                         global_pool, feature_time)
         e = embed_dim
         if layout == "dvs":
             widths, depths = (e // 2, e), (1, depth - 1)
@@ -165,14 +162,16 @@ class QKFormer(SpikingClassifier):
             mlp = SpikingMLP(w, int(w * mlp_ratio), names=mlp_names)
             if i < last:
                 return Residual({"tssa": TokenQKAttention(w, num_heads), "mlp": mlp})
-            return Residual({ssa_name: SpikingSelfAttention(w, num_heads, fix_tb_merge=fix_tb_merge,
-                                                            attention_order=attention_order),
+            return Residual({ssa_name: SpikingSelfAttention(w, num_heads, fix_tb_merge=o.fix_tb_merge,
+                                                            attention_order=o.attention_order),
                              "mlp": mlp})
 
         embeds = [_stem(layout, in_chans, widths[0])] + [_downsample(layout, w) for w in widths[1:]]
         stages = [nn.ModuleList(block(i, w) for _ in range(n))
                   for i, (w, n) in enumerate(zip(widths, depths))]
         self.stage_names = [(f"patch_embed{i + 1}", f"stage{i + 1}") for i in range(len(widths))]
+        first = {"imagenet": 4, "cifar": 1, "dvs": 8}[layout]   # the stem's down-sampling
+        self._levels = [(s, w, first * 2 ** i) for i, ((_, s), w) in enumerate(zip(self.stage_names, widths))]
         # The original registers all patch embeds first (ImageNet, CIFAR) or interleaved (DVS).
         if layout == "dvs":
             order = [n for pair in self.stage_names for n in pair]
@@ -182,7 +181,7 @@ class QKFormer(SpikingClassifier):
         modules.update(zip([s for _, s in self.stage_names], stages))
         for name in order:
             setattr(self, name, modules[name])
-        self.init_head(backend)
+        self.init_head(o)
 
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
         for embed_name, stage_name in self.stage_names:
@@ -193,3 +192,23 @@ class QKFormer(SpikingClassifier):
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(3).mean(3).mean(0)
+
+    # feature levels: the output of each stage (its patch embedding and blocks)
+    def feature_layout(self) -> list[tuple[str, int, int]]:
+        return self._levels[:len(self.stage_names)]
+
+    def feature_stages(self) -> list:
+        def stage(embed_name: str, stage_name: str):
+            def run(x: torch.Tensor) -> torch.Tensor:
+                x = self._modules[embed_name](x)
+                for blk in self._modules[stage_name]:
+                    x = blk(x)
+                return x
+            return stage_name, run
+        return [stage(e, s) for e, s in self.stage_names]
+
+    def prune_stages(self, keep: int) -> None:
+        for embed_name, stage_name in self.stage_names[keep:]:
+            delattr(self, embed_name)
+            delattr(self, stage_name)
+        self.stage_names = self.stage_names[:keep]

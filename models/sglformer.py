@@ -26,10 +26,11 @@ import torch
 import torch.nn as nn
 
 from . import memory
-from .base import SpikingClassifier
+from .base import SpikingClassifier, runtime_options
 from .layers import (Checkpointable, ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, bn_lif,
                      check_attention_order, check_heads, max_pool, spike_attention)
 from .neuron import lif
+from .options import RuntimeOptions
 from .op_counts import ssa_op_counts, ssa_spike_ops
 
 
@@ -197,28 +198,26 @@ class SGLFormer(SpikingClassifier):
         T: time steps. Fixed for CIFAR/DVS: the STB head's kernel has T columns.
         img_size: input side; sets the STB head's token count (CIFAR/DVS).
         stem_pool: ImageNet only, ``"early"`` (8-512*, 8-768*) or ``"late"`` (8-384, 8-512).
-        fix_tb_merge: fix the LIFs that see T and B merged (ImageNet only).
-        attention_order: ``"original"`` (default: each attention product in the original file's
-            order and layout, so gradients are bit-identical) or ``"fast"`` (the cheaper order;
-            same outputs, gradients within rounding). See :func:`models.layers.spike_attention`.
-        backend: LIF backend, ``"auto"``/``"fused"``/``"torch"``/``"cupy"``/``"triton"``
-            (None: $SNN_LIF_BACKEND).
-        activation_memory: ``"compact"`` (default: spikes saved for backward as bits, cheap
-            batch-norm/neuron steps recomputed in backward; bit-identical) or ``"standard"``.
-            See :mod:`models.memory`.
+        global_pool, feature_time: ``"avg"`` or ``""``; ``"mean"`` or ``"keep"`` (see
+            :class:`models.base.SpikingClassifier`).
+        options, **runtime: how the model runs (backend, attention order, activation memory,
+            gradient checkpointing, ``fix_tb_merge``): a :class:`models.options.RuntimeOptions`
+            and/or keyword arguments of the same names.
     """
 
     def __init__(self, layout: str = "cifar", embed_dim: int = 384, depth: int = 1,
                  num_heads: int = 16, mlp_ratio: float = 4.0, in_chans: int = 3,
                  num_classes: int = 10, T: int = 4, img_size: int | None = None,
-                 stem_pool: str = "late", fix_tb_merge: bool = False, backend: str | None = None,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, attention_order: str = "original",
-                 activation_memory: str = "compact"):
+                 stem_pool: str = "late", drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 global_pool: str = "avg", feature_time: str = "mean", options: RuntimeOptions | None = None,
+                 **runtime):
         if stem_pool not in ("early", "late"):
             raise ValueError(f"stem_pool must be 'early' or 'late', not {stem_pool!r}")
+        o = runtime_options(options, runtime)
+        fix_tb_merge, attention_order = o.fix_tb_merge, o.attention_order
         img_size = img_size or {"imagenet": 224, "cifar": 32, "dvs": 128}.get(layout)
-        super().__init__(layout, num_classes, embed_dim, T, img_size, drop_rate, drop_path_rate,
-                         activation_memory)
+        super().__init__(layout, num_classes, embed_dim, T, img_size, drop_rate, drop_path_rate, in_chans,
+                         global_pool, feature_time)
         e = embed_dim
         if layout == "imagenet":
             if depth < 3:
@@ -233,13 +232,11 @@ class SGLFormer(SpikingClassifier):
             self.localblock = nn.ModuleList([Residual({
                 "local1": LocalConv(e), "local2_SSA": LocalSSA(e, num_heads, attention_order=attention_order),
                 "local2_MLP": ConvMLP(e, hidden)})])
+            # (the original's blocks also hold two LayerNorms it never calls: see Spikingformer)
             self.blocks = nn.ModuleList(
-                Residual({"norm1": nn.LayerNorm(e, eps=1e-6),
-                          "attn": SpikingSelfAttention(e, num_heads, fix_tb_merge=fix_tb_merge,
+                Residual({"attn": SpikingSelfAttention(e, num_heads, fix_tb_merge=fix_tb_merge,
                                                        attention_order=attention_order),
-                          "norm2": nn.LayerNorm(e, eps=1e-6),
-                          "mlp": SpikingMLP(e, hidden, names=("fc1", "fc2"), dims=1)},
-                         unused=("norm1", "norm2"))
+                          "mlp": SpikingMLP(e, hidden, names=("fc1", "fc2"), dims=1)})
                 for _ in range(depth - 2))
         else:
             self.stem = Stem(in_chans, e)
@@ -250,28 +247,77 @@ class SGLFormer(SpikingClassifier):
             self.num_patches = side * side
             self.full_size_conv = nn.Conv2d(e, e, kernel_size=(self.num_patches, T), groups=e)
             self.bn = nn.BatchNorm2d(e)
-        self.init_head(backend)
+        self.init_head(o)
 
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layout == "imagenet":
-            x = self.patch_embed(x)
-            for blk in self.localblock:
-                x = blk(x)
-            x = x.flatten(3)
-            for blk in self.blocks:
-                x = blk(x)
-            return x
-        if x.shape[0] != self.T:
+        for _, stage in self.feature_stages():
+            x = stage(x)
+        return x
+
+    @staticmethod
+    def _global_block(blk: nn.Module):
+        """An ImageNet global block works on ``[T, B, C, H*W]``; the map keeps its shape around it."""
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return memory.reshape(blk(memory.reshape(x, *x.shape[:3], -1)), x.shape)
+        return run
+
+    def _check_steps(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != self.T and hasattr(self, "full_size_conv"):
             raise ValueError(f"this SGLFormer's head was built for T={self.T} time steps, the input "
                              f"has {x.shape[0]}; build the model with T={x.shape[0]}")
-        return self.blocks(self.tokenizer(self.stem(x)))
+        return self.stem(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout == "imagenet":
-            return x.mean(-1).mean(0)
+            return x.flatten(3).mean(-1).mean(0)
+        x = self.to_nchw(x)
+        return x.reshape(x.shape[0], -1)
+
+    def to_nchw(self, x: torch.Tensor) -> torch.Tensor:
+        """CIFAR/DVS: the STB head's conv over all tokens and time steps, ``[B, C, 1, 1]`` (it is the
+        pooling, and needs the time axis); the mean over time once the STB has been pruned away."""
+        if self.layout == "imagenet" or not hasattr(self, "full_size_conv"):
+            return x.mean(0)
         tokens = x.flatten(3)
         if tokens.shape[-1] != self.num_patches:
             raise ValueError(f"this SGLFormer's head was built for {self.num_patches} tokens "
                              f"(img_size={self.img_size}); the input gives {tokens.shape[-1]}")
-        x = self.bn(self.full_size_conv(tokens.permute(1, 2, 3, 0)))   # [B, C, 1, 1]
-        return x.reshape(x.shape[0], -1)
+        return self.bn(self.full_size_conv(tokens.permute(1, 2, 3, 0)))   # [B, C, 1, 1]
+
+    def unused_layernorms(self) -> dict[str, tuple[int, ...]]:
+        """The original ImageNet blocks' never-called LayerNorm parameters (weight 1, bias 0)."""
+        if self.layout != "imagenet":
+            return {}
+        return {f"blocks.{i}.{n}.{p}": (self.embed_dim,) for i in range(len(self.blocks))
+                for n in ("norm1", "norm2") for p in ("weight", "bias")}
+
+    # feature levels: ImageNet patch embedding, local block, each global block;
+    # CIFAR/DVS stem, tokenizer, each fusion block
+    def feature_layout(self) -> list[tuple[str, int, int]]:
+        e = self.embed_dim
+        if self.layout == "imagenet":
+            return [("patch_embed", e, 16)] + [(f"localblock.{i}", e, 16) for i in range(len(self.localblock))] + \
+                   [(f"blocks.{i}", e, 16) for i in range(len(self.blocks))]
+        r = 16 if self.layout == "dvs" else 4
+        levels = [("stem", e // 6, 1), ("tokenizer", e, r)] + [(f"blocks.{i}", e, r) for i in range(len(self.blocks))]
+        return levels[:1 + hasattr(self, "tokenizer") + len(self.blocks)]
+
+    def feature_stages(self) -> list:
+        if self.layout == "imagenet":
+            stages = [("patch_embed", self.patch_embed)] + [(f"localblock.{i}", b) for i, b in enumerate(self.localblock)]
+            return stages + [(f"blocks.{i}", self._global_block(b)) for i, b in enumerate(self.blocks)]
+        stages = [("stem", self._check_steps)] + ([("tokenizer", self.tokenizer)] if hasattr(self, "tokenizer") else [])
+        return stages + [(f"blocks.{i}", b) for i, b in enumerate(self.blocks)]
+
+    def prune_stages(self, keep: int) -> None:
+        if self.layout == "imagenet":
+            self.localblock = self.localblock[:keep - 1]
+            self.blocks = self.blocks[:max(keep - 2, 0)]
+            return
+        if keep >= len(self.feature_layout()):
+            return
+        if keep < 2 and hasattr(self, "tokenizer"):
+            del self.tokenizer
+        self.blocks = self.blocks[:max(keep - 2, 0)]
+        if hasattr(self, "full_size_conv"):
+            del self.full_size_conv, self.bn   # the STB head belongs to the last block's output

@@ -14,16 +14,19 @@ layout        tokenizer (pre-activation conv units)              tau     input
 ``dvs``       as ImageNet (128 -> 8x8 tokens)                     1.5     events
 ============  =================================================  ======  =======
 
-followed by ``depth`` blocks of spiking self-attention + MLP. Each block also holds two
-LayerNorms that the original defines but never calls; they are kept (unused) because the
-authors' checkpoints and parameter counts include them.
+followed by ``depth`` blocks of spiking self-attention + MLP. The original also defines two
+LayerNorms per block that it never calls (always weight 1, bias 0); they are left out here, so
+every parameter gets a gradient and DDP needs no unused-parameter search. The authors'
+checkpoints still load strictly (models/checkpoint.py accounts for those keys) and
+:func:`models.checkpoint.to_original` adds them back for the original code.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from .base import SpikingClassifier
+from .base import SpikingClassifier, runtime_options
+from .options import RuntimeOptions
 from .layers import ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit
 
 
@@ -43,38 +46,31 @@ class Spikingformer(SpikingClassifier):
         layout: ``"imagenet"``, ``"cifar"`` or ``"dvs"`` (see the module docstring).
         embed_dim, depth, num_heads, mlp_ratio: width, blocks, heads, MLP expansion.
         in_chans, num_classes, T: input channels, classes, time steps for image input.
-        fix_tb_merge: accepted for a uniform interface with the other families; Spikingformer
-            has no LIF over merged T and B, so it changes nothing.
-        attention_order: ``"original"`` (default: the original file's attention product,
-            ``Q (K^T V)`` for ImageNet and ``(Q K^T) V`` for CIFAR/DVS, so gradients are
-            bit-identical) or ``"fast"`` (the cheaper order; same outputs, gradients within rounding).
-        backend: LIF backend, ``"auto"``/``"fused"``/``"torch"``/``"cupy"``/``"triton"``
-            (None: $SNN_LIF_BACKEND).
-        activation_memory: ``"compact"`` (default: spikes saved for backward as bits, cheap
-            batch-norm/neuron steps recomputed in backward; bit-identical) or ``"standard"``.
-            See :mod:`models.memory`.
+        global_pool, feature_time: ``"avg"`` or ``""``; ``"mean"`` or ``"keep"`` (see
+            :class:`models.base.SpikingClassifier`).
+        options, **runtime: how the model runs (backend, attention order, activation memory,
+            gradient checkpointing, ``fix_tb_merge``): a :class:`models.options.RuntimeOptions`
+            and/or keyword arguments of the same names.
     """
 
     def __init__(self, layout: str = "imagenet", embed_dim: int = 384, depth: int = 8,
                  num_heads: int = 12, mlp_ratio: float = 4.0, in_chans: int = 3,
                  num_classes: int = 1000, T: int = 4, img_size: int | None = None,
-                 fix_tb_merge: bool = False, backend: str | None = None,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, attention_order: str = "original",
-                 activation_memory: str = "compact"):
-        super().__init__(layout, num_classes, embed_dim, T, img_size, drop_rate, drop_path_rate,
-                         activation_memory)
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, global_pool: str = "avg",
+                 feature_time: str = "mean", options: RuntimeOptions | None = None, **runtime):
+        o = runtime_options(options, runtime)   # (fix_tb_merge: Spikingformer has no LIF over merged T and B)
+        super().__init__(layout, num_classes, embed_dim, T, img_size, drop_rate, drop_path_rate, in_chans,
+                         global_pool, feature_time)
         tau = 1.5 if layout == "dvs" else 2.0
         product = "q_kv" if layout == "imagenet" else "qk_v"
         self.patch_embed = _tokenizer(layout, in_chans, embed_dim, tau)
         self.block = nn.ModuleList(
-            Residual({"norm1": nn.LayerNorm(embed_dim),
-                      "attn": SpikingSelfAttention(embed_dim, num_heads, order="pre", tau=tau, product=product,
-                                                   attention_order=attention_order),
-                      "norm2": nn.LayerNorm(embed_dim),
-                      "mlp": SpikingMLP(embed_dim, int(embed_dim * mlp_ratio), order="pre", tau=tau)},
-                     unused=("norm1", "norm2"))
+            Residual({"attn": SpikingSelfAttention(embed_dim, num_heads, order="pre", tau=tau, product=product,
+                                                   attention_order=o.attention_order),
+                      "mlp": SpikingMLP(embed_dim, int(embed_dim * mlp_ratio), order="pre", tau=tau)})
             for _ in range(depth))
-        self.init_head(backend)
+        self._reduction = 4 if layout == "cifar" else 16
+        self.init_head(o)
 
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
@@ -84,3 +80,19 @@ class Spikingformer(SpikingClassifier):
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(3).mean(3).mean(0)
+
+    def unused_layernorms(self) -> dict[str, tuple[int, ...]]:
+        """The original's never-called LayerNorm parameters: name -> shape (weight 1, bias 0)."""
+        return {f"block.{i}.{n}.{p}": (self.embed_dim,) for i in range(len(self.block))
+                for n in ("norm1", "norm2") for p in ("weight", "bias")}
+
+    # feature levels: the tokenizer's output, then each block's
+    def feature_layout(self) -> list[tuple[str, int, int]]:
+        return [(m, self.embed_dim, self._reduction) for m in ["patch_embed"] + [f"block.{i}" for i in
+                                                                                   range(len(self.block))]]
+
+    def feature_stages(self) -> list:
+        return [("patch_embed", self.patch_embed)] + [(f"block.{i}", b) for i, b in enumerate(self.block)]
+
+    def prune_stages(self, keep: int) -> None:
+        self.block = self.block[:keep - 1]

@@ -6,12 +6,18 @@ keyword arguments override them (``T``, ``num_classes``, ``img_size``, ``fix_tb_
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import os
 from typing import Any
 
-from timm.models import register_model
+import torch
+from timm.models import PretrainedCfg, build_model_with_cfg, register_model
 
 from . import pretrained as _pretrained
+from .checkpoint import extract_state_dict, filter_state_dict
+from .options import split
 from .qkformer import QKFormer
 from .sglformer import SGLFormer
 from .spikingformer import Spikingformer
@@ -79,19 +85,46 @@ VARIANTS: dict[str, tuple[type, dict[str, Any], str]] = {
 }
 
 
-def build(name: str, **overrides):
-    """Build a registered variant without going through timm."""
-    if name not in VARIANTS:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(VARIANTS)}")
+def _first_conv(cls: type, layout: str) -> str:
+    if cls is QKFormer:
+        return "patch_embed1.proj_conv"
+    if cls is Spikingformer:
+        return "patch_embed.block0_conv" if layout == "cifar" else "patch_embed.proj_conv"
+    return "patch_embed.proj_conv" if layout == "imagenet" else "stem.conv.conv3x3"
+
+
+def _timm_cfg(name: str) -> dict:
+    """timm's registry entry (``timm.models.get_pretrained_cfg(name)``): data settings, the keys
+    timm's API expects and, for the released weights, where the authors published them. No
+    url/file: nothing downloads by itself."""
     cls, defaults, description = VARIANTS[name]
-    model = cls(**{**defaults, **overrides})
-    cfg = dict(_DATA_CFG[defaults["img_size"]], num_classes=model.num_classes, interpolation="bicubic",
-               crop_pct=1.0, classifier="head", architecture=name, description=description)
-    model.pretrained_cfg = model.default_cfg = cfg
+    layout = defaults["layout"]
+    stb = cls is SGLFormer and layout != "imagenet"   # its head's kernel spans all tokens: a fixed size
+    side = defaults["img_size"] // (4 if layout == "cifar" else 16)
+    cfg = dict(_DATA_CFG[defaults["img_size"]], num_classes=defaults["num_classes"], interpolation="bicubic",
+               crop_pct=1.0, classifier="head", first_conv=_first_conv(cls, layout),
+               pool_size=(1, 1) if stb else (side, side), fixed_input_size=stb, description=description)
+    entry = _pretrained.RELEASED.get(name)
+    if entry:
+        cfg.update(num_classes=entry["num_classes"], origin_url=entry["url"], paper_name=entry["paper"],
+                   notes=(f"file: {entry['file_name'] or 'not stated'}",
+                          f"sha256: {entry['sha256'] or 'none published'}",
+                          f"{entry['num_classes']} classes, top-1 {entry['top1']} on {entry['dataset']}"))
+    return cfg
+
+
+def _construct(cls: type, device=None, dtype=None, **kwargs):
+    """The model class, built on ``device`` (e.g. ``"meta"``: no memory) and cast to ``dtype``;
+    the runtime options among ``kwargs`` go in as one :class:`models.options.RuntimeOptions`."""
+    options, kwargs = split(kwargs)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = cls(options=options, **kwargs)
+    if dtype is not None:
+        model.to(dtype=dtype)
     return model
 
 
-def _pretrained_cfg(name: str, pretrained_cfg, overlay) -> dict:
+def _released_cfg(name: str, pretrained_cfg, overlay) -> dict:
     """Released-weights defaults, then timm's pretrained_cfg (a dict from a hub config.json), then the overlay."""
     cfg = _pretrained.default_cfg(name)
     if hasattr(pretrained_cfg, "to_dict"):
@@ -102,44 +135,64 @@ def _pretrained_cfg(name: str, pretrained_cfg, overlay) -> dict:
     return cfg
 
 
-def _register(name: str) -> None:
-    def entrypoint(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
-                   cache_dir=None, pretrained_model_args=None, **kwargs):
-        if not pretrained:
-            return build(name, **kwargs)
-        cfg = _pretrained_cfg(name, pretrained_cfg, pretrained_cfg_overlay)
+_CFG_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
+
+
+def create(name: str, pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+           cache_dir=None, **kwargs):
+    """A variant through timm's builder (``timm.create_model(name, ...)`` calls this).
+
+    ``pretrained=True`` reads the weights with this repository's loader (models/checkpoint.py:
+    sha256, ``weights_only``, the authors' layouts) from ``pretrained_cfg_overlay=dict(file=...)``
+    or an ``hf_hub_id``; timm then adapts them (a different ``num_classes`` drops the head,
+    ``in_chans`` adapts the first conv) and loads the rest strictly."""
+    cls, defaults, _ = VARIANTS[name]
+    kwargs.pop("pretrained_model_args", None)
+    overlay = dict(pretrained_cfg_overlay or {})
+    if pretrained:
+        cfg = _released_cfg(name, pretrained_cfg, overlay)
         source = _pretrained.pretrained_source(name, cfg)
         if not _pretrained.is_hub_id(source) and os.path.isdir(source):
             # a converted folder records the arguments its weights need (T, num_classes, fix_tb_merge ...)
-            saved = _pretrained.resolve(source)[1].get("model_args", {})
-            kwargs = {**saved, **kwargs}
-        if cfg.get("num_classes") and "num_classes" not in kwargs:
-            kwargs["num_classes"] = cfg["num_classes"]
-        model = build(name, **kwargs)
+            kwargs = {**_pretrained.resolve(source)[1].get("model_args", {}), **kwargs}
         plain_file = not _pretrained.is_weights_source(source)
-        _pretrained.load_weights(model, source, sha256=cfg.get("sha256") if plain_file else None,
-                                 cache_dir=cache_dir)
-        model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, **cfg}
-        return model
+        checkpoint = _pretrained.read_checkpoint(source, cfg.get("sha256") if plain_file else None, cache_dir)
+        head = extract_state_dict(checkpoint).get("head.weight")
+        trained_classes = head.shape[0] if head is not None else cfg.get("num_classes") or defaults["num_classes"]
+        kwargs.setdefault("num_classes", trained_classes)
+        # timm loads what it is handed (the checkpoint read above), not from where the weights came
+        where = ("url", "file", "hf_hub_id", "source")
+        overlay = {k: v for k, v in cfg.items() if k in _CFG_FIELDS and k not in where}
+        overlay.update(state_dict=checkpoint, num_classes=trained_classes, source=None)
+        extra = {k: v for k, v in cfg.items() if k not in _CFG_FIELDS or k in where}   # file, sha256, top1 ...
+        if isinstance(pretrained_cfg, dict):   # e.g. a hub config.json's, with this repository's keys too
+            pretrained_cfg = {k: v for k, v in pretrained_cfg.items() if k in _CFG_FIELDS}
+    features = kwargs.get("features_only", False)
+    model = build_model_with_cfg(
+        functools.partial(_construct, cls), name, pretrained, pretrained_cfg=pretrained_cfg,
+        pretrained_cfg_overlay=overlay, pretrained_filter_fn=filter_state_dict, cache_dir=cache_dir,
+        feature_cfg=dict(feature_cls="getter", out_indices=None), **{**defaults, **kwargs})
+    for holder in (model, getattr(model, "model", None)) if features else (model,):
+        if holder is not None and isinstance(getattr(holder, "pretrained_cfg", None), dict):
+            holder.pretrained_cfg.pop("state_dict", None)   # the weights are in the model now
+            if pretrained:
+                holder.pretrained_cfg.update(extra)
+    return model
 
+
+def build(name: str, **overrides):
+    """A registered variant, as ``timm.create_model(name, **overrides)`` builds it."""
+    if name not in VARIANTS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(VARIANTS)}")
+    return create(name, **overrides)
+
+
+def _register(name: str) -> None:
+    entrypoint = functools.partial(create, name)
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__doc__ = VARIANTS[name][2]
     entrypoint.__module__ = __name__
     register_model(entrypoint)
-
-
-def _timm_cfg(name: str) -> dict:
-    """timm's registry entry (``timm.models.get_pretrained_cfg(name)``): data settings and, for the
-    released weights, where the authors published them. No url/file: nothing downloads by itself."""
-    defaults, description = VARIANTS[name][1], VARIANTS[name][2]
-    cfg = dict(_DATA_CFG[defaults["img_size"]], num_classes=defaults["num_classes"], interpolation="bicubic",
-               crop_pct=1.0, classifier="head", description=description)
-    entry = _pretrained.RELEASED.get(name)
-    if entry:
-        cfg.update(num_classes=entry["num_classes"], origin_url=entry["url"], paper_name=entry["paper"],
-                   notes=(f"file: {entry['file_name'] or 'not stated'}",
-                          f"sha256: {entry['sha256'] or 'none published'}", f"top-1 {entry['top1']} on {entry['dataset']}"))
-    return cfg
 
 
 #: read by timm's register_model

@@ -89,8 +89,15 @@ def fill_weights(model: nn.Module, seed: int = SEED) -> None:
     def uniform(shape, lo, hi):
         return torch.rand(shape, generator=g, dtype=torch.float64) * (hi - lo) + lo
 
+    # The originals' never-called LayerNorms (left out of the models here) drew their values in
+    # module order, just before their block's attention (norm1) and MLP (norm2): draw them too.
+    unused = getattr(model, "unused_layernorms", dict)()
     with torch.no_grad():
-        for module in model.modules():
+        for name, module in model.named_modules():
+            for norm, part in (("norm1", ".attn"), ("norm2", ".mlp")):
+                if name.endswith(part) and f"{name[:-len(part)]}.{norm}.weight" in unused:
+                    shape = unused[f"{name[:-len(part)]}.{norm}.weight"]
+                    uniform(shape, 0.5, 1.5), uniform(shape, -0.1, 0.1)
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.weight.copy_(uniform(module.weight.shape, 0.5, 1.5))
                 module.bias.copy_(uniform(module.bias.shape, 0.4, 1.0))

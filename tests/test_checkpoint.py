@@ -99,3 +99,44 @@ def test_unreadable_inputs(tmp_path):
     torch.save({"model": tiny().state_dict()}, tmp_path / "noema.pth")
     with pytest.raises(CheckpointError, match="no EMA weights"):
         load_checkpoint(tiny(), tmp_path / "noema.pth", use_ema=True)
+
+
+def test_training_checkpoint_with_the_unused_layernorms_resumes(tmp_path):
+    """Training checkpoints written while Spikingformer still held the originals' never-called
+    LayerNorms: weights, EMA and optimizer state carry over, the LayerNorm entries dropped."""
+    from timm.optim import create_optimizer_v2
+
+    from engine.checkpoint import without_unused_layernorms
+    from models.checkpoint import to_original
+    model = models.build("spikingformer_cifar_2_384", embed_dim=32, num_heads=2, T=1, num_classes=4)
+    original = to_original(model)
+    params = dict(model.named_parameters())
+
+    def legacy_tree() -> torch.nn.Module:   # the old module: the same parameters plus the LayerNorms
+        root = torch.nn.Module()
+        for key, value in original.items():
+            if key not in params and key not in model.unused_layernorms():
+                continue
+            *path, leaf = key.split(".")
+            node = root
+            for part in path:
+                if not hasattr(node, part):
+                    node.add_module(part, torch.nn.Module())
+                node = getattr(node, part)
+            node.register_parameter(leaf, torch.nn.Parameter(value.clone()))
+        return root
+    old = legacy_tree()
+    old_opt = create_optimizer_v2(old, opt="adamw", lr=1e-3, weight_decay=0.05)
+    for name, p in old.named_parameters():
+        if name in params:    # the LayerNorms never had a gradient
+            p.grad = torch.randn_like(p)
+    old_opt.step()
+    saved = {"model": to_original(model), "model_ema": to_original(model), "optimizer": old_opt.state_dict()}
+    opt = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05)
+    state = without_unused_layernorms(saved, model, opt)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    old_by_name = {n: old_opt.state[p] for n, p in old.named_parameters() if p in old_opt.state}
+    assert set(old_by_name) == set(params)
+    for name, p in model.named_parameters():
+        assert torch.equal(opt.state[p]["exp_avg"], old_by_name[name]["exp_avg"]), name

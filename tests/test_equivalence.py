@@ -21,6 +21,7 @@ import torch
 
 import models
 import optrace
+from models.checkpoint import to_original
 from conftest import DATA
 from reference import ORIGINAL_FILE, TINY, make_input, run_case
 
@@ -43,7 +44,8 @@ def _ours(model, x, key: str) -> tuple[dict, dict]:
 
     @contextlib.contextmanager
     def capture(m, prepared_x):
-        leaves.update({k: v.detach().clone() for k, v in m.state_dict().items()})
+        # (the original's state dict: with the LayerNorms it defines and never calls)
+        leaves.update({k: v.detach().clone() for k, v in to_original(m).items()})
         leaves["input"] = prepared_x.detach().clone()
         yield
 

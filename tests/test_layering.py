@@ -56,3 +56,20 @@ def test_low_level_modules_take_only_exception_types_from_the_engine(module):
 def test_the_energy_counter_imports_no_model_class():
     # (engine.firing finds LIF neurons by their class; the attention modules declare their own counts)
     assert not any(m.startswith("models") for m in imports("engine.energy"))
+
+
+def test_no_import_cycle_in_models():
+    """No module of models/ reaches itself through the others (lazy imports counted; the package's
+    __init__, which imports them all, left out)."""
+    modules = sorted(f"models.{p.stem}" for p in (ROOT / "models").glob("*.py") if p.stem != "__init__")
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [m for m in imports(start) if m in modules]
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo += [n for n in imports(m) if n in modules]
+        return seen
+    cycles = [m for m in modules if m in reach(m)]
+    assert cycles == []

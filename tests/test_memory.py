@@ -98,7 +98,7 @@ def test_activation_memory_is_checked_and_switchable():
         tiny_model("qkformer_cifar", activation_memory="bits")
     model = tiny_model("qkformer_cifar")
     assert model.activation_memory == "compact"
-    memory.set_activation_memory(model, "standard")
+    models.set_activation_memory(model, "standard")
     assert model.activation_memory == "standard"
 
 

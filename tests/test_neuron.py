@@ -102,7 +102,7 @@ def test_set_backend_and_model_argument():
     assert len(lifs) == 21 and {m.requested_backend for m in lifs} == {"torch"}
     models.set_backend(model, "auto")
     assert {m.requested_backend for m in lifs} == {"auto"}
-    with pytest.raises(ValueError, match="choose one of auto, torch, fused, cupy"):
+    with pytest.raises(ValueError, match="backend must be one of auto, torch, fused, cupy"):
         models.set_backend(model, "cuda")
 
 

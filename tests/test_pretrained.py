@@ -204,3 +204,22 @@ def test_verify_records_measured_top1(tmp_path, yaml_cfg):
     top1 = json.loads((out / "config.json").read_text())["pretrained_cfg"]["measured_top1"]
     assert 0.0 <= top1 <= 100.0
     assert f"{top1:.2f}" in (out / "README.md").read_text()
+
+
+def test_pretrained_adapts_the_head_and_the_first_conv_as_timm_does(tmp_path):
+    src_model = tiny()
+    src = tmp_path / "w.pth"
+    torch.save({"model": src_model.state_dict()}, src)
+    source = src_model.state_dict()
+    for kwargs in (dict(num_classes=3), dict(num_classes=0), dict(in_chans=1)):
+        model = timm.create_model(VARIANT, pretrained=True, **{**TINY, **kwargs},
+                                  pretrained_cfg_overlay=dict(file=str(src)))
+        own = model.state_dict()
+        kept = [k for k in own if not k.startswith(("head.", "patch_embed1.proj_conv."))]
+        assert kept and all(torch.equal(own[k], source[k]) for k in kept)
+        if "in_chans" in kwargs:    # timm sums the RGB filters into one channel
+            torch.testing.assert_close(own["patch_embed1.proj_conv.weight"],
+                                       source["patch_embed1.proj_conv.weight"].sum(1, keepdim=True))
+    with pytest.raises(CheckpointError, match="shape mismatches"):   # anything else must still fit exactly
+        timm.create_model(VARIANT, pretrained=True, **{**TINY, "embed_dim": 64},
+                          pretrained_cfg_overlay=dict(file=str(src)))

@@ -50,12 +50,10 @@ from engine.distributed import pick_device  # noqa: E402
 from engine.errors import ConfigError  # noqa: E402
 from engine.factories import build_model  # noqa: E402
 from models.layers import MaxPool  # noqa: E402
-from models.neuron import BACKENDS  # noqa: E402
+from models.options import ACTIVATION_MEMORY as MEMORY, BACKENDS  # noqa: E402
 from tools.op_census import OpCensus  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-BACKENDS = ("torch", "fused", "cupy", "triton", "auto")
-MEMORY = ("compact", "standard")
 ALIASES = {"reference": "torch+fp32+standard+nchwpool", "default": "auto+fp32+compact"}
 
 

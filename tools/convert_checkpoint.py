@@ -26,7 +26,7 @@ from engine.errors import user_errors  # noqa: E402
 from engine.factories import build_model  # noqa: E402
 from engine.recipe import resolve  # noqa: E402
 from models import pretrained  # noqa: E402
-from models.checkpoint import check_compatible, extract_state_dict, safe_load  # noqa: E402
+from models.checkpoint import extract_state_dict, fit_state_dict, safe_load  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -127,8 +127,7 @@ def convert(args) -> dict:
     sd = extract_state_dict(checkpoint, use_ema=args.use_ema)
     cfg = training_config(args)
     model = build_for(cfg, sd)
-    check_compatible(model, sd)
-    model.load_state_dict(sd, strict=True)
+    model.load_state_dict(fit_state_dict(model, sd), strict=True)
     out = Path(args.out)
     config = write_folder(out, model, model.state_dict(), cfg, source, source_sha)
     if args.verify:
