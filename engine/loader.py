@@ -30,9 +30,9 @@ def seed_everything(seed: int) -> None:
 
 
 def epoch_seed(base: int, epoch: int, rank: int) -> int:
-    """Seed for one epoch of one process. Everything random in an epoch (shuffling, augmentation,
-    worker seeds, mixup) derives from it, so resuming at an epoch boundary reproduces the rest of
-    an interrupted run exactly."""
+    """Seed of the training process's generators for one epoch (dropout, mixup, the DVS
+    augmentation on the device). The shuffle comes from (seed, epoch) and each sample's
+    augmentation from :func:`sample_seed`; inside an epoch the checkpoint carries the state."""
     return base + 1_000_003 * epoch + 7919 * rank
 
 
@@ -211,4 +211,5 @@ def eval_loader(cfg, val_set, info: DistInfo) -> DataLoader:
     """Every sample once, in order, split across processes."""
     return DataLoader(val_set, batch_size=cfg.val_batch_size,
                       sampler=ShardSampler(len(val_set), info.rank, info.world_size),
-                      num_workers=usable_workers(cfg.workers), pin_memory=cfg.pin_memory and info.device.type == "cuda")
+                      num_workers=usable_workers(cfg.workers), pin_memory=cfg.pin_memory and info.device.type == "cuda",
+                      worker_init_fn=functools.partial(_outlive_preemption, _signals(cfg)))

@@ -94,7 +94,7 @@ def train_one_epoch(model, loader, optimizer, criterion, scaler, precision: Prec
     optimizer.zero_grad(set_to_none=True)
     batches = progress if progress is not None else loader
     if telemetry is not None:
-        telemetry.start_epoch(epoch, len(loader))
+        telemetry.start_epoch(epoch, start_step + len(loader))
     samples_in_update, meter = 0, None
     waited_since = time.perf_counter()
     # As MAE's engine: micro-batches after the last complete update still run (and update BN

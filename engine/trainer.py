@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from timm.utils import dispatch_clip_grad
 import models
 
 from . import cuda_graph, distributed, watchdog
-from .checkpoint import find_resume, load_training_state, rng_state, save_atomic, set_rng_state, training_state
+from .checkpoint import (find_resume, load_training_state, rng_state, save_atomic, set_rng_state, training_state,
+                         without_unused_layernorms)
 from .config import Config, ConfigError, dump
 from .errors import CheckpointWriteError, OutOfMemory
 from .data import prepare_dataset
@@ -163,6 +166,7 @@ class Training:
         self.mixup_fn = build_mixup(cfg, self.num_classes)
         self.start_epoch, self.best, self.last_val = 0, (-1.0, -1), {}
         self.start_step, self.partial = 0, (0.0, 0)   # inside start_epoch, after a preemption
+        self.last_is_epoch_end = False   # whether last.pth holds the end of an epoch (kept on preemption)
         self.telemetry = Telemetry(log, self.net)
         self.graph_step, self.graph_eval = self._cuda_graphs()
         self.steps_left = 0  # training steps until the end, for the run's ETA in log lines
@@ -191,6 +195,7 @@ class Training:
         cfg, log = self.cfg, self.log
         if self.resume_path is not None:
             state = load_training_state(self.resume_path, cfg, normalise=resolve_values)
+            state = without_unused_layernorms(state, self.model, self.optimizer)
             self.model.load_state_dict(state["model"])
             if self.model_ema is not None:
                 if state.get("model_ema") is not None:
@@ -203,6 +208,7 @@ class Training:
             _load_scaler(self.scaler, state, cfg, log)
             self.start_epoch, self.best = state["epoch"] + 1, (state["best_top1"], state["best_epoch"])
             position = state.get("position")
+            self.last_is_epoch_end = position is None and Path(self.resume_path).name == "last.pth"
             if position is None:
                 set_rng_state(state["rng"])
                 log.info(f"resumed from {self.resume_path} (epoch {state['epoch']} done, best top-1 "
@@ -222,10 +228,13 @@ class Training:
         cfg, info = self.cfg, self.info
         saved = (position["world_size"], position["batch_size"], position["accum_iter"])
         if saved != (info.world_size, cfg.batch_size, cfg.accum_iter):
+            epoch_end = cfg.run_dir() / EPOCH_END
+            again = (f"; or start epoch {position['epoch']} again from the end of the one before: --resume "
+                     f"{epoch_end}") if epoch_end.is_file() else ""
             raise ConfigError(
                 f"{self.resume_path} stopped inside epoch {position['epoch']} with {saved[0]} processes x batch "
                 f"{saved[1]} x accum {saved[2]}; resume it with the same (now {info.world_size} x {cfg.batch_size} "
-                f"x {cfg.accum_iter}), so that the rest of the epoch is the same samples")
+                f"x {cfg.accum_iter}), so that the rest of the epoch is the same samples{again}")
         self.start_epoch, self.start_step = position["epoch"], position["step"]
         self.partial = (position["loss_sum"][info.rank], position["seen"][info.rank])
         set_rng_state(position["rng"][info.rank])
@@ -336,6 +345,8 @@ class Training:
                                    self.best, self.cfg.to_dict())
             if position is not None:
                 state["position"] = position
+                if self.last_is_epoch_end:
+                    _keep_epoch_end(self.cfg.run_dir())
             watchdog.note(f"writing {self.cfg.run_dir() / 'last.pth'}")
             try:
                 save_atomic(state, self.cfg.run_dir() / "last.pth")
@@ -351,6 +362,7 @@ class Training:
             raise failed
         if agreed[0]:
             raise CheckpointWriteError("rank 0 could not write the checkpoint (its error says why); stopped")
+        self.last_is_epoch_end = position is None
         return bool(agreed[1])
 
     def save_position(self, epoch: int, stats: dict) -> None:
@@ -369,6 +381,23 @@ class Training:
 
     def _last_good(self, epoch: int) -> str:
         return _last_good(self.cfg, epoch, self.start_epoch, self.resume_path)
+
+
+EPOCH_END = "epoch_end.pth"
+
+
+def _keep_epoch_end(run_dir: Path) -> None:
+    """Before last.pth becomes a checkpoint inside an epoch: keep the end of the previous epoch as
+    epoch_end.pth, to start the epoch again from should the position not be resumable (another
+    number of processes). A hard link where the file system has them: no copy."""
+    last, kept = run_dir / "last.pth", run_dir / EPOCH_END
+    tmp = run_dir / f".{EPOCH_END}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(last, tmp)
+    except OSError:
+        shutil.copy2(last, tmp)
+    os.replace(tmp, kept)
 
 
 def _last_good(cfg: Config, epoch: int, start_epoch: int, resume_path) -> str:

@@ -5,11 +5,13 @@ loader) leaves every other one waiting in its next collective. The backend's own
 ends the job with a message about an operation, not about the process at fault. Here each
 process counts the points where all processes must meet (every training forward and backward,
 every collective of the engine) in :func:`arrive`, and a thread publishes the count to the
-rendezvous store. When this process has made no progress for ``dist_timeout`` seconds and some
-process is behind, it prints one line naming that process, its host and pid and where it last was,
-and ends with :data:`EXIT_PEER_LOST`; torchrun then stops the others. Processes that are all at the
-same point (a long first compilation, say) are never stopped by it; the backend's timeout,
-``dist_timeout`` plus :data:`BACKEND_GRACE_S`, is the backstop.
+rendezvous store. When this process is ahead (it reached the furthest point, so it is the one
+waiting) and has made no progress for ``dist_timeout`` seconds while some process is behind, it
+prints one line naming that process, its host and pid and where it last was, and ends with
+:data:`EXIT_PEER_LOST`; torchrun then stops the others. A process that is behind never stops
+itself (it may only be slow), processes that are all at the same point (a long first compilation
+everywhere, say) are never stopped, and waits without a time limit (rank 0 preparing a dataset)
+pause it. The backend's own timeout, ``dist_timeout`` plus :data:`BACKEND_GRACE_S`, is the backstop.
 """
 from __future__ import annotations
 
@@ -110,24 +112,20 @@ class Watchdog:
                 continue
 
     def diagnose(self) -> str | None:
-        """One line naming the processes behind the others, or None if none is behind."""
+        """One line naming the processes behind this one, or None if none is (or this one is
+        behind itself, or some process has published nothing: its watchdog may not run)."""
         states = {}
         for r in range(self.world_size):
-            if self.store.check([f"rank{r}"]):
-                count, where, identity = self.store.get(f"rank{r}").decode().split("\t")
-                states[r] = (int(count), where, identity)
-        if len(states) < self.world_size:   # a process that never arrived anywhere
-            missing = [r for r in range(self.world_size) if r not in states]
-            return (f"stopped responding: rank {', '.join(map(str, missing))} never reported after joining the "
-                    f"process group; "
-                    f"{self._advice()}")
+            if not self.store.check([f"rank{r}"]):
+                return None
+            count, where, identity = self.store.get(f"rank{r}").decode().split("\t")
+            states[r] = (int(count), where, identity)
         ahead = max(c for c, _, _ in states.values())
         behind = [r for r, (c, _, _) in states.items() if c < ahead]
-        if not behind:
+        if not behind or states[self.rank][0] < ahead:
             return None
         waiting = next(r for r, (c, _, _) in states.items() if c == ahead)
-        names = "; ".join(f"rank {r} ({states[r][2]}{', this process' if r == self.rank else ''}), last at "
-                          f"'{states[r][1]}'" for r in behind)
+        names = "; ".join(f"rank {r} ({states[r][2]}), last at '{states[r][1]}'" for r in behind)
         pid = states[behind[0]][2].rsplit(" ", 1)[-1]
         return (f"stopped responding: {names}; rank {waiting} waits at '{states[waiting][1]}'; "
                 f"{self._advice(pid)}")

@@ -21,6 +21,9 @@ from engine.cli import train_main  # noqa: E402
 if int(os.environ.get("RANK", "0")) == int(os.environ["FAULT_RANK"]):
     if os.environ["FAULT"] == "hang":
         def evaluate(*args, **kwargs):
+            # torchrun's SIGTERM ends this process at once instead of raising the preemption flag
+            # (a hung process would wait for torchrun's SIGKILL 30 s later: the test skips that wait)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             while True:
                 time.sleep(3600)
         trainer.evaluate = evaluate

@@ -103,13 +103,18 @@ def test_signal_names_are_checked():
 
 def test_mid_epoch_resume_needs_the_same_batching(cifar10, tmp_path, monkeypatch):
     cfg = config(cifar10, tmp_path)
-    signal_at(monkeypatch, 3)
+    signal_at(monkeypatch, 13)    # inside epoch 1
     with pytest.raises(Preempted):
         trainer.train(cfg)
     monkeypatch.undo()
-    with pytest.raises(ConfigError, match=r"stopped inside epoch 0 with 1 processes x batch 8 x accum 2; resume it "
-                                          r"with the same \(now 1 x 8 x 1\)"):
-        trainer.train(config(cifar10, tmp_path, resume="auto", accum_iter=1, batch_size=8, lr=1e-2))
+    epoch_end = cfg.run_dir() / "epoch_end.pth"    # the end of epoch 0, kept when last.pth moved on
+    assert models.safe_load(epoch_end)["epoch"] == 0 and "position" not in models.safe_load(epoch_end)
+    with pytest.raises(ConfigError, match=r"stopped inside epoch 1 with 1 processes x batch 8 x accum 2; resume it "
+                                          r"with the same \(now 1 x 8 x 1\).*; or start epoch 1 again from the end "
+                                          r"of the one before: --resume .*epoch_end.pth"):
+        trainer.train(config(cifar10, tmp_path, resume="auto", accum_iter=1))
+    trainer.train(config(cifar10, tmp_path, resume=str(epoch_end), accum_iter=1))   # epoch 1 again, then done
+    assert models.safe_load(cfg.run_dir() / "last.pth")["epoch"] == 1
 
 
 def test_augmentation_does_not_depend_on_the_loader_processes(cifar10):

@@ -87,12 +87,12 @@ def prepare_dataset(cfg, T: int, info) -> None:
         return
     for selected in (info.is_main, info.local_rank == 0 and not info.is_main):
         error = None
-        if selected:
-            try:
-                spec.prepare(cfg, T)
-            except DataError as exc:
-                error = str(exc)
         with watchdog.paused():   # rank 0 may take hours for a DVS frame cache: no timeout here
+            if selected:
+                try:
+                    spec.prepare(cfg, T)
+                except DataError as exc:
+                    error = str(exc)
             failed = all_reduce_sum(torch.tensor([float(error is not None)]), "dataset preparation",
                                     group=patient_group())
         if failed.item():
