@@ -110,7 +110,9 @@ def write_cifar10dvs(root: Path, recordings=(0, 1, 5, 50, 91, 95, 99, 100, 101, 
                 x = np.where(p == 1, np.minimum(x + 3 * c, 127), x)   # class-dependent, so it is learnable
                 raw[(name, k)] = (t, x, y, p)
                 data = aedat2_bytes(x, y, p, t)
-                z.writestr(f"{name}/cifar10_{name}_{k}.aedat", edit(name, k, data) if edit else data)
+                # a fixed timestamp: the same recordings give the same archive bytes (and md5)
+                member = zipfile.ZipInfo(f"{name}/cifar10_{name}_{k}.aedat", date_time=(1980, 1, 1, 0, 0, 0))
+                z.writestr(member, edit(name, k, data) if edit else data)
     return raw
 
 
@@ -156,7 +158,9 @@ def write_dvs128gesture(root: Path, train_users=(1, 2), test_users=(24,), seed: 
         files[f"DvsGesture/trials_to_{split}.txt"] = ("\n".join(names) + "\n").encode()
     download = Path(root) / "download"
     download.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(download / "DvsGesture.tar.gz", "w:gz") as tar:
+    import gzip
+    with gzip.GzipFile(download / "DvsGesture.tar.gz", "wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w") as tar:     # no timestamps: reproducible bytes
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
