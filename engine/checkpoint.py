@@ -117,7 +117,7 @@ def without_unused_layernorms(state: dict, model, optimizer) -> dict:
     originals' never-called LayerNorms (models/checkpoint.py): the model and EMA weights without
     them, and the optimizer state without their entries (they never had a gradient, so no state),
     the other parameters' ids renumbered. Other checkpoints are returned as they are."""
-    unused = getattr(model, "unused_layernorms", dict)()
+    unused = getattr(model, "unused_parameters", dict)()
     if not any(k in state["model"] for k in unused):
         return state
     state = dict(state, model=fit_state_dict(model, state["model"]))

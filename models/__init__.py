@@ -1,4 +1,5 @@
-"""Spiking vision transformers: QKFormer, Spikingformer and SGLFormer, one definition each.
+"""Spiking vision transformers: QKFormer, Spikingformer, SGLFormer and their ancestor Spikformer,
+one definition each.
 
 Importing this package registers every published variant with timm::
 
@@ -16,9 +17,10 @@ from .runtime import apply as apply_options
 from .runtime import set_activation_memory, set_attention_order, set_backend
 from .qkformer import QKFormer
 from .sglformer import SGLFormer
+from .spikformer import Spikformer
 from .spikingformer import Spikingformer
 from .variants import VARIANTS, build
 
-__all__ = ["QKFormer", "Spikingformer", "SGLFormer", "VARIANTS", "build", "LIF", "reset_net",
+__all__ = ["QKFormer", "Spikingformer", "SGLFormer", "Spikformer", "VARIANTS", "build", "LIF", "reset_net",
            "set_backend", "set_attention_order", "set_activation_memory", "ATTENTION_ORDERS",
            "load_checkpoint", "safe_load", "CheckpointError", "RuntimeOptions", "apply_options"]

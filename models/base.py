@@ -1,6 +1,8 @@
 """What every model here shares: input handling, neuron reset, the classifier head, timm's API."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
@@ -31,6 +33,33 @@ def check_no_dropout(family: str, drop_rate: float = 0.0, drop_path_rate: float 
             f"drop_rate/drop_path_rate but never applies them (its training scripts pass 0.1-0.2 "
             f"with no effect). Omit them or pass 0 (got drop_rate={drop_rate}, "
             f"drop_path_rate={drop_path_rate}).")
+
+
+class Unused(NamedTuple):
+    """A parameter the original code defines but never uses, left out of the models here so that
+    every parameter gets a gradient (checkpoints account for it: models/checkpoint.py).
+
+    ``value``: what it holds in every original checkpoint (a LayerNorm's 1 or 0, never trained),
+    or None for a random initial value; ``before``: the module it precedes in the original's
+    registration order ("" for a parameter of the model itself, which comes first)."""
+    shape: tuple[int, ...]
+    value: float | None
+    before: str
+
+
+def unused_layernorm(name: str, dim: int, before: str) -> dict[str, Unused]:
+    """The weight (1) and bias (0) of a never-called ``nn.LayerNorm(dim)`` named `name`."""
+    return {f"{name}.weight": Unused((dim,), 1.0, before), f"{name}.bias": Unused((dim,), 0.0, before)}
+
+
+def block_layernorms(prefix: str, depth: int, dim: int) -> dict[str, Unused]:
+    """``norm1`` and ``norm2`` of each of the `depth` blocks under `prefix`, as the originals
+    define them in every block and never call them."""
+    out: dict[str, Unused] = {}
+    for i in range(depth):
+        out.update(unused_layernorm(f"{prefix}.{i}.norm1", dim, f"{prefix}.{i}.attn"))
+        out.update(unused_layernorm(f"{prefix}.{i}.norm2", dim, f"{prefix}.{i}.mlp"))
+    return out
 
 
 POOLS = ("avg", "")
@@ -122,6 +151,10 @@ class SpikingClassifier(nn.Module):
     def prune_stages(self, keep: int) -> None:
         """Delete the feature levels after the first ``keep`` (and what only they feed)."""
         raise NotImplementedError
+
+    def unused_parameters(self) -> dict[str, Unused]:
+        """The original's never-used parameters that this model leaves out, by state-dict key."""
+        return {}
 
     def to_nchw(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's time-major output as the unpooled features ``forward_features`` returns."""

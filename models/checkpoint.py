@@ -204,22 +204,27 @@ def read_checkpoint(source: str | os.PathLike, sha256: str | None = None, cache_
 
 def fit_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor],
                    adaptable: Iterable[str] = ()) -> dict[str, torch.Tensor]:
-    """`sd` without the original's never-used LayerNorms (checked to hold their initial values),
-    checked to fit `model` exactly (one error listing every mismatch). Keys that start with one
-    of ``adaptable`` are not checked (timm adapts or drops them: the head, the first conv)."""
-    unused = getattr(model, "unused_layernorms", dict)()
+    """`sd` without the original's never-used parameters (the LayerNorms checked to hold their
+    initial values), checked to fit `model` exactly (one error listing every mismatch). Keys that
+    start with one of ``adaptable`` are not checked (timm adapts or drops them: the head, the
+    first conv)."""
     sd = dict(sd)
-    for key, shape in unused.items():
-        if key in sd and tuple(sd[key].shape) == shape:    # another shape: listed by the check below
+    for key, unused in _unused(model).items():
+        if key in sd and tuple(sd[key].shape) == unused.shape:    # another shape: listed by the check below
             value = sd.pop(key)
-            if not bool((value == (1.0 if key.endswith(".weight") else 0.0)).all()):
+            if unused.value is not None and not bool((value == unused.value).all()):
                 raise CheckpointError(f"{key} in the checkpoint holds trained values, but the original code never "
-                                      f"uses this LayerNorm (it stays at weight 1, bias 0): the checkpoint is not "
+                                      f"uses this parameter (it stays {unused.value:g}): the checkpoint is not "
                                       f"from {type(model).__name__}'s original architecture")
     prefixes = tuple(f"{name}." for name in adaptable)
     check_compatible(model, {k: v for k, v in sd.items() if not k.startswith(prefixes)},
                      skip=lambda k: k.startswith(prefixes))
     return sd
+
+
+def _unused(model: torch.nn.Module) -> dict:
+    """``model.unused_parameters()`` (models/base.py), or nothing for a model without them."""
+    return getattr(model, "unused_parameters", dict)()
 
 
 def filter_state_dict(checkpoint: Any, model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -233,22 +238,22 @@ def filter_state_dict(checkpoint: Any, model: torch.nn.Module) -> dict[str, torc
 
 def to_original(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """`model`'s state dict as the original code's ``load_state_dict(strict=True)`` wants it: the
-    unused LayerNorms back at their initial values, in the original order (each block's ``norm1``
-    before its ``attn``, ``norm2`` before its ``mlp``)."""
+    never-used parameters back, in the original order, at the values they keep there (a random
+    initial value is written as zeros: nothing reads it)."""
     own = model.state_dict()
-    unused = getattr(model, "unused_layernorms", dict)()
+    unused = _unused(model)
     if not unused:
         return own
     like = next(iter(own.values()))
-    out: dict[str, torch.Tensor] = {}
+
+    def make(u) -> torch.Tensor:
+        return torch.full(u.shape, 0.0 if u.value is None else u.value, dtype=like.dtype, device=like.device)
+
+    out = {name: make(u) for name, u in unused.items() if not u.before}
     for key, value in own.items():
-        block, _, rest = key.partition(".attn.") if ".attn." in key else key.partition(".mlp.")
-        norm = "norm1" if ".attn." in key else "norm2"
-        for p in ("weight", "bias"):
-            name = f"{block}.{norm}.{p}"
-            if rest and name in unused and name not in out:
-                out[name] = torch.full(unused[name], 1.0 if p == "weight" else 0.0, dtype=like.dtype,
-                                       device=like.device)
+        for name, u in unused.items():
+            if u.before and name not in out and (key == u.before or key.startswith(u.before + ".")):
+                out[name] = make(u)
         out[key] = value
     return out
 

@@ -35,7 +35,9 @@ class Unit(NamedTuple):
     ``dims=1`` uses Conv1d/BatchNorm1d on token sequences. ``pool`` adds a 3x3/2 max-pool
     after the BN. ``lif=False`` leaves the neuron out (the first unit of a pre-activation stem).
     ``merged_tb`` marks a LIF that the original applied to T and B merged (see
-    :func:`lif_on_merged_tb`).
+    :func:`lif_on_merged_tb`). ``lif_pool`` puts the pool after the LIF, on spikes (Spikformer).
+    The modules are ``<name>_conv<suffix>``, ``<name>_bn<suffix>``, ``<name>_lif<suffix>``
+    (Spikformer's stem numbers them ``proj_conv1``, ``proj_bn1``, ...).
     """
     name: str
     cin: int
@@ -47,6 +49,12 @@ class Unit(NamedTuple):
     dims: int = 2
     lif: bool = True
     merged_tb: bool = False
+    lif_pool: bool = False
+    suffix: str = ""
+
+    def part(self, kind: str) -> str:
+        """The attribute name of this unit's ``conv``, ``bn``, ``lif`` or ``maxpool``."""
+        return f"{self.name}_{kind}{self.suffix}"
 
 
 class MaxPool(nn.MaxPool2d):
@@ -153,24 +161,26 @@ class ConvUnits(Checkpointable):
             conv = nn.Conv1d if u.dims == 1 else nn.Conv2d
             norm = nn.BatchNorm1d if u.dims == 1 else nn.BatchNorm2d
             if order == "pre" and u.lif:
-                setattr(self, f"{u.name}_lif", lif(tau=tau))
+                setattr(self, u.part("lif"), lif(tau=tau))
             if order == "pre" and u.pool:
-                setattr(self, f"{u.name}_maxpool", max_pool())
-            setattr(self, f"{u.name}_conv", conv(u.cin, u.cout, u.kernel, u.stride,
-                                                 padding=u.kernel // 2, bias=u.bias))
-            setattr(self, f"{u.name}_bn", norm(u.cout))
-            if order == "post" and u.pool:
-                setattr(self, f"{u.name}_maxpool", max_pool())
+                setattr(self, u.part("maxpool"), max_pool())
+            setattr(self, u.part("conv"), conv(u.cin, u.cout, u.kernel, u.stride, padding=u.kernel // 2,
+                                               bias=u.bias))
+            setattr(self, u.part("bn"), norm(u.cout))
+            if order == "post" and u.pool and not u.lif_pool:
+                setattr(self, u.part("maxpool"), max_pool())
             if order == "post" and u.lif:
-                setattr(self, f"{u.name}_lif", lif(tau=tau))
+                setattr(self, u.part("lif"), lif(tau=tau))
+            if order == "post" and u.pool and u.lif_pool:
+                setattr(self, u.part("maxpool"), max_pool())
 
     def run(self, u: Unit, x: torch.Tensor) -> torch.Tensor:
         """One post-order unit on ``[T, B, C, ...]``."""
         part = self._modules
         T = x.shape[0]
-        x = part[f"{u.name}_conv"](x.flatten(0, 1))
-        return bn_lif(x, T, part[f"{u.name}_bn"], part.get(f"{u.name}_lif"), part.get(f"{u.name}_maxpool"),
-                      merged_tb=u.merged_tb, fix_tb_merge=self.fix_tb_merge)
+        x = part[u.part("conv")](x.flatten(0, 1))
+        return bn_lif(x, T, part[u.part("bn")], part.get(u.part("lif")), part.get(u.part("maxpool")),
+                      merged_tb=u.merged_tb, fix_tb_merge=self.fix_tb_merge, lif_pool=u.lif_pool)
 
     def _forward_pre(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-order units: [LIF -> [pool]] -> conv -> BN each. Each BN is applied at the start
@@ -181,7 +191,7 @@ class ConvUnits(Checkpointable):
         T = x.shape[0]
         x, norm = x.flatten(0, 1), None
         for u in self.units:
-            neuron, pool = part.get(f"{u.name}_lif"), part.get(f"{u.name}_maxpool")
+            neuron, pool = part.get(u.part("lif")), part.get(u.part("maxpool"))
             segment = functools.partial(_norm_lif_pool, T=T, norm=norm, neuron=neuron, pool=pool)
             if norm is not None and pool is None and neuron is not None and bn_lif_node.applies(x, norm, neuron):
                 x = neuron(x, norm=norm, lif_shape=(T, x.shape[0] // T, *x.shape[1:])).flatten(0, 1)
@@ -189,8 +199,8 @@ class ConvUnits(Checkpointable):
                 x = memory.recompute(segment, x, *(m for m in (norm, neuron, pool) if m is not None))
             else:   # a real-valued block input: keeping it costs what the neuron keeps, nothing to gain
                 x = segment(x)
-            x = part[f"{u.name}_conv"](x)
-            norm = part[f"{u.name}_bn"]
+            x = part[u.part("conv")](x)
+            norm = part[u.part("bn")]
         x = norm(x)
         return x.reshape(T, -1, *x.shape[1:])
 
@@ -231,13 +241,17 @@ def _bn_pool_lif(x: torch.Tensor, T: int, norm, neuron, pool, merged_tb: bool, f
 
 
 def bn_lif(x: torch.Tensor, T: int, norm: nn.Module, neuron: nn.Module | None = None, pool: nn.Module | None = None,
-           merged_tb: bool = False, fix_tb_merge: bool = False) -> torch.Tensor:
+           merged_tb: bool = False, fix_tb_merge: bool = False, lif_pool: bool = False) -> torch.Tensor:
     """The tail after a convolution: ``[T*B, C, ...]`` -> BN -> [max-pool] -> [LIF] -> ``[T, B, C, ...]``.
 
     Under compact activation memory only the convolution's output is kept for backward and
     the tail runs again there (:func:`models.memory.recompute`). ``merged_tb``: the LIF sees T
-    and B merged, as in some originals (see :func:`lif_on_merged_tb`).
+    and B merged, as in some originals (see :func:`lif_on_merged_tb`). ``lif_pool``: the pool
+    comes after the LIF instead (Spikformer's stem); it keeps the spikes it reads, as bits.
     """
+    if lif_pool and pool is not None:
+        x = pool(bn_lif(x, T, norm, neuron).flatten(0, 1))
+        return memory.note_spikes(x).reshape(T, -1, *x.shape[1:])     # max-pooled spikes are spikes
     if pool is None and neuron is not None and bn_lif_node.applies(x, norm, neuron):
         # one autograd node on the Triton path: nothing to recompute (models/bn_lif.py)
         lif_shape = tuple(x.shape) if merged_tb and not fix_tb_merge else (T, x.shape[0] // T, *x.shape[1:])
@@ -273,8 +287,8 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads
                     product: str = "q_kv", lif_on_heads: bool = False, scale: float = 0.125) -> torch.Tensor:
     """Spiking self-attention without softmax: ``attn_lif(Q K^T V * scale)`` per head.
 
-    Takes and returns ``[T, B, C, N]``. The scale is 0.125 in every original, whatever the head
-    width. Q, K and V are binary spikes, so every product is an exact integer count in float32
+    Takes and returns ``[T, B, C, N]``. The scale is 0.125 in every original whatever the head
+    width (0.25 in Spikformer's DVS file). Q, K and V are binary spikes, so every product is an exact integer count in float32
     and all forms below give bit-identical outputs; the gradients round differently, so each
     model computes what its original file computes:
 
@@ -283,10 +297,11 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads
     * ``"qk_v"``: heads as strided views, ``(Q K^T) V`` (Spikingformer CIFAR/DVS; SGLFormer's
       CIFAR/DVS attention and its local attention everywhere). SGLFormer applies ``attn_lif`` to
       the per-head ``[T, B, h, N, d]`` product (``lif_on_heads``), the others after merging heads;
+    * ``"qk_v_copies"``: heads made contiguous, ``(Q K^T) V`` (Spikformer DVS);
     * ``"fast"``: views and the cheaper order (``Q (K^T V)`` when tokens outnumber head channels).
       Same outputs, gradients within rounding of the original's (``attention_order="fast"``).
     """
-    if product not in ("q_kv", "qk_v", "fast"):
+    if product not in ("q_kv", "qk_v", "qk_v_copies", "fast"):
         raise ValueError(f"unknown attention product {product!r}")
     T, B, C, N = q.shape
     d = C // num_heads
@@ -298,6 +313,9 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads
     if product == "q_kv":
         q, k, v = (memory.note_spikes(t.contiguous()) for t in (q, k, v))   # copies of spikes
         x = q @ memory.matmul(k.transpose(-2, -1), v)
+    elif product == "qk_v_copies":
+        q, k, v = (memory.note_spikes(t.contiguous()) for t in (q, k, v))
+        x = memory.matmul(q, k.transpose(-2, -1)) @ v
     elif product == "qk_v" or N <= d:
         x = memory.matmul(q, k.transpose(-2, -1)) @ v
     else:
@@ -313,13 +331,15 @@ class SpikingSelfAttention(nn.Module):
 
     Takes ``[T, B, C, H, W]`` or ``[T, B, C, N]`` and returns the same shape.
 
-    * ``order="post"`` (QKFormer, SGLFormer ImageNet): the projection ends in a LIF, which the
-      originals apply to T and B merged (``fix_tb_merge`` fixes it, see :func:`lif_on_merged_tb`).
+    * ``order="post"`` (QKFormer, SGLFormer ImageNet, Spikformer): the projection ends in a LIF,
+      which QKFormer and SGLFormer apply to T and B merged (``merged_tb``; ``fix_tb_merge``
+      fixes it, see :func:`lif_on_merged_tb`).
     * ``order="pre"`` (Spikingformer): the input passes a LIF first (named ``proj_lif`` in the
       original) and the projection ends at its BN, so the residual stream stays real-valued.
 
     ``product`` is the original file's form of the attention product (see :func:`spike_attention`);
-    ``attention_order="fast"`` replaces it with the cheaper one.
+    ``attention_order="fast"`` replaces it with the cheaper one. ``scale``: 0.125 in every original
+    but Spikformer's DVS file (0.25).
     """
 
     # Energy accounting (models/op_counts.py): the neurons whose spikes feed Q K^T V, and its size.
@@ -332,12 +352,15 @@ class SpikingSelfAttention(nn.Module):
     spike_ops = staticmethod(ssa_spike_ops)
 
     def __init__(self, dim: int, num_heads: int, order: str = "post", tau: float = 2.0,
-                 fix_tb_merge: bool = False, product: str = "q_kv", attention_order: str = "original"):
+                 fix_tb_merge: bool = False, product: str = "q_kv", attention_order: str = "original",
+                 scale: float = 0.125, merged_tb: bool = True):
         super().__init__()
         check_heads(dim, num_heads)
         self.num_heads = num_heads
         self.order = order
         self.fix_tb_merge = fix_tb_merge
+        self.scale = scale
+        self.merged_tb = merged_tb
         self.product = product
         self.attention_order = check_attention_order(attention_order)
         if order == "pre":
@@ -363,10 +386,10 @@ class SpikingSelfAttention(nn.Module):
         q, k, v = (bn_lif(self._modules[f"{n}_conv"](flat), T, self._modules[f"{n}_bn"], self._modules[f"{n}_lif"])
                    for n in ("q", "k", "v"))
         product = self.product if self.attention_order == "original" else "fast"
-        x = spike_attention(q, k, v, self.num_heads, self.attn_lif, product)
+        x = spike_attention(q, k, v, self.num_heads, self.attn_lif, product, scale=self.scale)
         x = self.proj_conv(x.flatten(0, 1))
         if self.order == "post":
-            x = bn_lif(x, T, self.proj_bn, self.proj_lif, merged_tb=True, fix_tb_merge=self.fix_tb_merge)
+            x = bn_lif(x, T, self.proj_bn, self.proj_lif, merged_tb=self.merged_tb, fix_tb_merge=self.fix_tb_merge)
             return x.reshape(shape)
         return self.proj_bn(x).reshape(shape)
 

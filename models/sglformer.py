@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from . import memory
-from .base import SpikingClassifier, runtime_options
+from .base import SpikingClassifier, Unused, block_layernorms, runtime_options
 from .layers import (Checkpointable, ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit, bn_lif,
                      check_attention_order, check_heads, max_pool, spike_attention)
 from .neuron import lif
@@ -284,12 +284,9 @@ class SGLFormer(SpikingClassifier):
                              f"(img_size={self.img_size}); the input gives {tokens.shape[-1]}")
         return self.bn(self.full_size_conv(tokens.permute(1, 2, 3, 0)))   # [B, C, 1, 1]
 
-    def unused_layernorms(self) -> dict[str, tuple[int, ...]]:
-        """The original ImageNet blocks' never-called LayerNorm parameters (weight 1, bias 0)."""
-        if self.layout != "imagenet":
-            return {}
-        return {f"blocks.{i}.{n}.{p}": (self.embed_dim,) for i in range(len(self.blocks))
-                for n in ("norm1", "norm2") for p in ("weight", "bias")}
+    def unused_parameters(self) -> dict[str, Unused]:
+        """The original ImageNet blocks' never-called LayerNorms."""
+        return block_layernorms("blocks", len(self.blocks), self.embed_dim) if self.layout == "imagenet" else {}
 
     # feature levels: ImageNet patch embedding, local block, each global block;
     # CIFAR/DVS stem, tokenizer, each fusion block

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import SpikingClassifier, runtime_options
+from .base import SpikingClassifier, Unused, block_layernorms, runtime_options
 from .options import RuntimeOptions
 from .layers import ConvUnits, Residual, SpikingMLP, SpikingSelfAttention, Unit
 
@@ -81,10 +81,9 @@ class Spikingformer(SpikingClassifier):
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(3).mean(3).mean(0)
 
-    def unused_layernorms(self) -> dict[str, tuple[int, ...]]:
-        """The original's never-called LayerNorm parameters: name -> shape (weight 1, bias 0)."""
-        return {f"block.{i}.{n}.{p}": (self.embed_dim,) for i in range(len(self.block))
-                for n in ("norm1", "norm2") for p in ("weight", "bias")}
+    def unused_parameters(self) -> dict[str, Unused]:
+        """The original blocks' never-called LayerNorms (``norm1`` before ``attn``, ``norm2`` before ``mlp``)."""
+        return block_layernorms("block", len(self.block), self.embed_dim)
 
     # feature levels: the tokenizer's output, then each block's
     def feature_layout(self) -> list[tuple[str, int, int]]:

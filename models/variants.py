@@ -20,6 +20,7 @@ from .checkpoint import extract_state_dict, filter_state_dict
 from .options import split
 from .qkformer import QKFormer
 from .sglformer import SGLFormer
+from .spikformer import Spikformer
 from .spikingformer import Spikingformer
 
 IMAGENET = dict(in_chans=3, num_classes=1000, T=4, img_size=224)
@@ -82,6 +83,28 @@ VARIANTS: dict[str, tuple[type, dict[str, Any], str]] = {
                                                    **CIFAR10DVS), "CIFAR10-DVS SGLFormer-3-256 (T=10 or 16)"),
     "sglformer_gesture_3_256": (SGLFormer, dict(layout="dvs", embed_dim=256, depth=1, num_heads=16,
                                                 **GESTURE), "DVS128 Gesture SGLFormer-3-256 (T=10 or 16)"),
+    # Spikformer (ICLR 2023): no released weights. The original ImageNet file builds 8-512 with 8 heads;
+    # the other rows keep 64 channels per head (12 for 768), except 8-384 with 12 as Spikingformer's.
+    "spikformer_8_384": (Spikformer, dict(layout="imagenet", embed_dim=384, depth=8, num_heads=12, **IMAGENET),
+                         "ImageNet Spikformer-8-384"),
+    "spikformer_6_512": (Spikformer, dict(layout="imagenet", embed_dim=512, depth=6, num_heads=8, **IMAGENET),
+                         "ImageNet Spikformer-6-512"),
+    "spikformer_8_512": (Spikformer, dict(layout="imagenet", embed_dim=512, depth=8, num_heads=8, **IMAGENET),
+                         "ImageNet Spikformer-8-512"),
+    "spikformer_10_512": (Spikformer, dict(layout="imagenet", embed_dim=512, depth=10, num_heads=8, **IMAGENET),
+                          "ImageNet Spikformer-10-512"),
+    "spikformer_8_768": (Spikformer, dict(layout="imagenet", embed_dim=768, depth=8, num_heads=12, **IMAGENET),
+                         "ImageNet Spikformer-8-768"),
+    "spikformer_cifar_4_384": (Spikformer, dict(layout="cifar", embed_dim=384, depth=4, num_heads=12, **CIFAR),
+                               "CIFAR10/100 Spikformer-4-384"),
+    "spikformer_cifar_4_256": (Spikformer, dict(layout="cifar", embed_dim=256, depth=4, num_heads=8, **CIFAR),
+                               "CIFAR10/100 Spikformer-4-256"),
+    "spikformer_cifar_2_384": (Spikformer, dict(layout="cifar", embed_dim=384, depth=2, num_heads=12, **CIFAR),
+                               "CIFAR10/100 Spikformer-2-384"),
+    "spikformer_cifar10dvs_2_256": (Spikformer, dict(layout="dvs", embed_dim=256, depth=2, num_heads=16,
+                                                     **CIFAR10DVS), "CIFAR10-DVS Spikformer-2-256"),
+    "spikformer_gesture_2_256": (Spikformer, dict(layout="dvs", embed_dim=256, depth=2, num_heads=16,
+                                                  **GESTURE), "DVS128 Gesture Spikformer-2-256"),
 }
 
 
@@ -90,6 +113,8 @@ def _first_conv(cls: type, layout: str) -> str:
         return "patch_embed1.proj_conv"
     if cls is Spikingformer:
         return "patch_embed.block0_conv" if layout == "cifar" else "patch_embed.proj_conv"
+    if cls is Spikformer:
+        return "patch_embed.proj_conv"
     return "patch_embed.proj_conv" if layout == "imagenet" else "stem.conv.conv3x3"
 
 

@@ -57,6 +57,13 @@ TINY = {
                                              num_classes=7, T=2), (2, 3, 32, 32), "image"),
     "sglformer_gesture": ("SGLFormer", dict(layout="dvs", embed_dim=24, depth=1, num_heads=4, mlp_ratio=2,
                                             in_chans=2, num_classes=6, T=2, img_size=64), (2, 2, 2, 64, 64), "events"),
+    # Spikformer's ImageNet file hard-codes T=4 in its forward, its DVS stem 128x128 inputs.
+    "spikformer_imagenet": ("Spikformer", dict(layout="imagenet", embed_dim=32, depth=2, num_heads=2, mlp_ratio=2,
+                                               num_classes=5, T=4), (2, 3, 64, 64), "image"),
+    "spikformer_cifar": ("Spikformer", dict(layout="cifar", embed_dim=32, depth=2, num_heads=4, mlp_ratio=2,
+                                            num_classes=5, T=2), (2, 3, 16, 16), "image"),
+    "spikformer_dvs": ("Spikformer", dict(layout="dvs", embed_dim=32, depth=1, num_heads=4, mlp_ratio=2,
+                                          in_chans=2, num_classes=5), (2, 2, 2, 128, 128), "events"),
 }
 
 # config -> the original repository's model file it stands for (README, developer notes).
@@ -72,6 +79,8 @@ ORIGINAL_FILE = {
     "sglformer_dvs": "SGLFormer cifar10-dvs/sglformer.py", "sglformer_gesture": "SGLFormer dvs128-gesture/sglformer.py",
     "sglformer_imagenet_early": "SGLFormer imagenet/sglformer_ima.py",
     "sglformer_imagenet_late": "SGLFormer imagenet/sglformer_ima2.py",
+    "spikformer_imagenet": "Spikformer imagenet/model.py", "spikformer_cifar": "Spikformer cifar10/model.py",
+    "spikformer_dvs": "Spikformer cifar10dvs/model.py",
 }
 
 SEED = 1234
@@ -90,14 +99,14 @@ def fill_weights(model: nn.Module, seed: int = SEED) -> None:
         return torch.rand(shape, generator=g, dtype=torch.float64) * (hi - lo) + lo
 
     # The originals' never-called LayerNorms (left out of the models here) drew their values in
-    # module order, just before their block's attention (norm1) and MLP (norm2): draw them too.
-    unused = getattr(model, "unused_layernorms", dict)()
+    # module order, just before the module they precede (``Unused.before``): draw them too.
+    # (Parameters of the model itself, like Spikformer DVS's pos_embed, are not drawn.)
+    unused = getattr(model, "unused_parameters", dict)()
     with torch.no_grad():
         for name, module in model.named_modules():
-            for norm, part in (("norm1", ".attn"), ("norm2", ".mlp")):
-                if name.endswith(part) and f"{name[:-len(part)]}.{norm}.weight" in unused:
-                    shape = unused[f"{name[:-len(part)]}.{norm}.weight"]
-                    uniform(shape, 0.5, 1.5), uniform(shape, -0.1, 0.1)
+            for key, u in unused.items():
+                if u.before == name and name and key.endswith(".weight"):
+                    uniform(u.shape, 0.5, 1.5), uniform(u.shape, -0.1, 0.1)
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.weight.copy_(uniform(module.weight.shape, 0.5, 1.5))
                 module.bias.copy_(uniform(module.bias.shape, 0.4, 1.0))

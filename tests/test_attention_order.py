@@ -11,17 +11,19 @@ import models
 from engine import config as C
 from models.layers import SpikingSelfAttention
 from models.sglformer import GlobalSSA
+from models.spikformer import TokenSelfAttention
 from tools import benchmark
 
 SMALL = dict(embed_dim=48, depth=3, num_heads=4, T=2, num_classes=5)
 
 
 def _orders(model):
-    return [m.attention_order for m in model.modules() if isinstance(m, (SpikingSelfAttention, GlobalSSA))]
+    return [m.attention_order for m in model.modules()
+            if isinstance(m, (SpikingSelfAttention, GlobalSSA, TokenSelfAttention))]
 
 
 @pytest.mark.parametrize("name", ["qkformer_cifar_4_384", "spikingformer_cifar_4_384", "sglformer_cifar_4_384",
-                                  "sglformer_8_384"])
+                                  "sglformer_8_384", "spikformer_cifar_4_384", "spikformer_cifar10dvs_2_256"])
 def test_option_reaches_every_attention_and_keeps_parameters(name):
     small = dict(SMALL, depth=1) if name == "sglformer_cifar_4_384" else SMALL
     default = timm.create_model(name, **small)

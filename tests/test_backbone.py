@@ -40,7 +40,7 @@ def test_qkformer_backbone_trains_with_an_fpn_segmentation_head():
 
 
 @pytest.mark.parametrize("name", ["qkformer_cifar_4_384", "spikingformer_cifar_2_384", "sglformer_cifar_4_384",
-                                  "sglformer_8_384"])
+                                  "sglformer_8_384", "spikformer_cifar_2_384"])
 def test_intermediates_are_the_time_mean_of_the_stages(name):
     kwargs = dict(T=2) if "cifar" in name else dict(T=2, depth=3)
     model = timm.create_model(name, **kwargs).eval()

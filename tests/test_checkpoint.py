@@ -115,7 +115,7 @@ def test_training_checkpoint_with_the_unused_layernorms_resumes(tmp_path):
     def legacy_tree() -> torch.nn.Module:   # the old module: the same parameters plus the LayerNorms
         root = torch.nn.Module()
         for key, value in original.items():
-            if key not in params and key not in model.unused_layernorms():
+            if key not in params and key not in model.unused_parameters():
                 continue
             *path, leaf = key.split(".")
             node = root

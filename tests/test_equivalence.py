@@ -105,7 +105,8 @@ def test_bit_identical_to_replayed_original(config, backend):
         assert not bad, f"{config} ({ORIGINAL_FILE[config]}) {key}: not bit-identical: {', '.join(bad[:8])}"
 
 
-@pytest.mark.parametrize("config", ["qkformer_imagenet", "spikingformer_cifar100", "sglformer_cifar100"])
+@pytest.mark.parametrize("config", ["qkformer_imagenet", "spikingformer_cifar100", "sglformer_cifar100",
+                                    "spikformer_cifar", "spikformer_dvs"])
 def test_fast_attention_order_keeps_the_forward_exact(config):
     """``attention_order="fast"``: the same logits and gradients within rounding, but not the same
     gradient bits, which the test above would catch (so it does check the association order)."""

@@ -206,7 +206,8 @@ def test_forward_kernel_writes_the_bits_with_the_spikes(n):
         assert torch.equal(bits, memory.pack_bits(spikes))
 
 
-@pytest.mark.parametrize("config", ["qkformer_cifar", "spikingformer_cifar", "sglformer_cifar"])
+@pytest.mark.parametrize("config", ["qkformer_cifar", "spikingformer_cifar", "sglformer_cifar", "spikformer_cifar",
+                                    "spikformer_imagenet"])
 def test_every_family_is_bit_identical_end_to_end(config):
     cls, kwargs, shape, kind = TINY[config]
     # one sample (the interpreter is slow); SGLFormer's batch norm of pooled features needs two

@@ -57,7 +57,8 @@ def test_compact_is_bit_identical_to_standard(name):
     assert_same_bits(standard, step(ckpt, x))
 
 
-@pytest.mark.parametrize("name", ["qkformer_cifar", "spikingformer_cifar100", "sglformer_imagenet_late"])
+@pytest.mark.parametrize("name", ["qkformer_cifar", "spikingformer_cifar100", "sglformer_imagenet_late",
+                                  "spikformer_dvs"])
 def test_compact_with_spikingjellys_loop_and_autocast(name):
     x = tiny_input(name)
     assert_same_bits(step(tiny_model(name, backend="torch", activation_memory="standard"), x),
@@ -67,7 +68,7 @@ def test_compact_with_spikingjellys_loop_and_autocast(name):
                          step(tiny_model(name, backend="fused"), x, dtype))
 
 
-@pytest.mark.parametrize("name", ["qkformer_cifar", "spikingformer_cifar", "sglformer_cifar"])
+@pytest.mark.parametrize("name", ["qkformer_cifar", "spikingformer_cifar", "sglformer_cifar", "spikformer_imagenet"])
 def test_compact_forward_packs_spikes_as_bits_and_counts_as_integers(name):
     x = tiny_input(name)
     model = tiny_model(name, backend="fused", activation_memory="standard")

@@ -21,7 +21,7 @@ from models import reset_net
 from reference import TINY, fill_weights
 from tools.op_census import OpCensus
 
-FAMILY_CONFIGS = ["qkformer_cifar", "spikingformer_cifar", "sglformer_cifar"]
+FAMILY_CONFIGS = ["qkformer_cifar", "spikingformer_cifar", "sglformer_cifar", "spikformer_cifar"]
 
 
 def build(name, **kwargs):
@@ -77,13 +77,17 @@ def test_census_sees_syncs_and_leaves_out_views():
 # compact memory over standard storage, after a first step (which checks each batch norm's
 # formula once, models/bn_lif.py). Measured on the tiny configs through Triton's interpreter
 # (each Triton kernel is one custom operator, i.e. one launch): QKFormer 1.11x, Spikingformer
-# 1.08x, SGLFormer 1.19x; 4 of QKFormer's and SGLFormer's extra operators are CPU-only (the
-# max-pool's channels_last copies in the two replayed BN -> pool -> LIF tails). The target is
-# 1.10x; what is left is one unpack per saved spike or count tensor (README Performance).
-LAUNCH_RATIO_CEILING = {"qkformer_cifar": 1.11, "spikingformer_cifar": 1.08, "sglformer_cifar": 1.19}
+# 1.08x, SGLFormer 1.19x, Spikformer 1.06x (CIFAR) and 1.12x (ImageNet); 4 of QKFormer's and
+# SGLFormer's extra operators are CPU-only (the max-pool's channels_last copies in the two replayed
+# BN -> pool -> LIF tails). The target is 1.10x; what is left is one unpack per saved spike or count
+# tensor (README Performance). Spikformer's CIFAR blocks normalise tokens [T*B, N, C] over the last
+# axis, a layout the fused BN -> LIF node does not take: their tails replay the batch norm instead.
+LAUNCH_RATIO_CEILING = {"qkformer_cifar": 1.11, "spikingformer_cifar": 1.08, "sglformer_cifar": 1.19,
+                        "spikformer_cifar": 1.07, "spikformer_imagenet": 1.13}
+REPLAYED_BATCH_NORMS = {"spikformer_cifar": 12}     # else: at most the two BN -> pool -> LIF tails
 
 
-@pytest.mark.parametrize("name", FAMILY_CONFIGS)
+@pytest.mark.parametrize("name", FAMILY_CONFIGS + ["spikformer_imagenet"])
 def test_triton_path_launch_budget(name, monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -101,7 +105,7 @@ def test_triton_path_launch_budget(name, monkeypatch):
     # spikes packed by the neuron kernel itself, batch norm not replayed where a formula matched
     assert not {"__rshift__", "index_select"} & set(census.launch_ops), census.top()
     # only the tails with a max-pool between batch norm and neuron (two per model here) replay it
-    assert counts["compact batch norms"] - counts["standard batch norms"] <= 2
+    assert counts["compact batch norms"] - counts["standard batch norms"] <= REPLAYED_BATCH_NORMS.get(name, 2)
 
 
 def run_epoch(name, steps: int, accum: int, telemetry: bool, clip: float | None):

@@ -31,7 +31,8 @@ CACHE = ROOT / ".cache" / f"timm-{timm.__version__}-tests"
 # and offer no hook for a time axis, so every test that runs a forward pass leaves them out.
 EVENT_VARIANTS = sorted(n for n in models.VARIANTS if "dvs" in n or "gesture" in n)
 SMALLEST = ["qkformer_10_384", "qkformer_cifar_4_384", "spikingformer_8_384", "spikingformer_cifar_4_256",
-            "sglformer_8_384", "sglformer_8_512_star", "sglformer_cifar_4_384"]
+            "sglformer_8_384", "sglformer_8_512_star", "sglformer_cifar_4_384", "spikformer_8_384",
+            "spikformer_cifar_4_256"]
 IMAGE_VARIANTS = sorted(n for n in models.VARIANTS if n not in EVENT_VARIANTS)
 
 #: timm test -> the variants it runs on
