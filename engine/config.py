@@ -111,6 +111,8 @@ class Config:
     color_jitter: Optional[float] = key(0.4, 'ignored by timm when aa is set', group='augmentation')
     aa: Optional[str] = key(None, 'RandAugment/AutoAugment string, e.g. rand-m9-n1-mstd0.4-inc1',
         group='augmentation')
+    aa_ops: Optional[list[str]] = key(None, "RandAugment's op names, e.g. [Rotate, ShearX] (None: timm's "
+        'full set)', group='augmentation')
     reprob: float = key(0.0, 'random erasing probability', group='augmentation')
     remode: str = key("const", 'random erasing fill', group='augmentation', choices=('const', 'rand', 'pixel'))
     recount: int = key(1, 'random erasing: number of erased boxes', group='augmentation')

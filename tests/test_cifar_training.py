@@ -94,9 +94,9 @@ def test_resume_after_kill_equals_uninterrupted_run(cifar10, tmp_path):
 
 def test_cifar100_and_other_families(tmp_path):
     data = write_cifar100(tmp_path / "data")
-    for family in ("spikingformer", "sglformer"):
-        kw = dict(num_heads=2) if family == "spikingformer" else dict(embed_dim=24, num_heads=2)
-        cfg = config("cifar100", data, tmp_path / "out", family, epochs=1, **kw)
+    for family in ("spikingformer", "sglformer", "spikformer"):
+        kw = dict(embed_dim=24, num_heads=2) if family == "sglformer" else dict(num_heads=2)
+        cfg = config("cifar100", data, tmp_path / "out", family, epochs=2 if family == "spikformer" else 1, **kw)
         summary = train(cfg)
         assert cfg.num_classes == 100 and 0 <= summary["best_top1"] <= 100
         assert models.safe_load(cfg.run_dir() / "last.pth")["model"]["head.weight"].shape[0] == 100

@@ -25,7 +25,12 @@ ORIGINAL = {
     ("cifar100", "spikingformer"): ("spikingformer_cifar_4_384", 100, 4, 8, 5e-4, 0.06, 8),
     ("cifar10", "sglformer"): ("sglformer_cifar_4_384", 10, 1, 16, 1e-3, 0.06, 8),
     ("cifar100", "sglformer"): ("sglformer_cifar_4_384", 100, 1, 16, 1e-3, 0.05, 16),
+    ("cifar10", "spikformer"): ("spikformer_cifar_4_384", 10, 4, 12, 5e-4, 0.06, 16),
+    ("cifar100", "spikformer"): ("spikformer_cifar_4_384", 100, 4, 12, 5e-4, 0.06, 16),
 }
+# Spikformer's cifar10.yml: batch 128, 300 epochs; its aa_snn.py RandAugment has five ops.
+SPIKFORMER = dict(batch_size=128, val_batch_size=128, epochs=300,
+                  aa_ops=["Equalize", "Rotate", "ShearX", "TranslateXRel", "TranslateYRel"])
 
 
 @pytest.mark.parametrize("folder,family", sorted(ORIGINAL))
@@ -33,7 +38,8 @@ def test_shipped_config_equals_original_recipe(folder, family):
     model, classes, depth, heads, lr, wd, workers = ORIGINAL[(folder, family)]
     cfg, _ = load_recipe(ROOT / folder / f"{family}.yml")   # bases, variant table and dataset applied
     expected = dict(CIFAR_COMMON, model=model, dataset=folder, num_classes=classes, depth=depth,
-                    num_heads=heads, lr=lr, weight_decay=wd, workers=workers)
+                    num_heads=heads, lr=lr, weight_decay=wd, workers=workers, aa_ops=None)
+    expected.update(SPIKFORMER if family == "spikformer" else {})
     got = {k: getattr(cfg, k) for k in expected}
     assert got == expected
 
@@ -81,3 +87,16 @@ def test_yaml_scientific_notation_without_dot_is_a_float(tmp_path):
     f.write_text("lr: 1e-3\nwarmup_lr: 0.00001\n")
     cfg = make_config(load_yaml(f), {})
     assert cfg.lr == 1e-3 and cfg.warmup_lr == 1e-5
+
+
+def test_spikformer_rand_augment_draws_from_its_five_ops():
+    from timm.data.auto_augment import RandAugment
+    from engine.data.transforms import image_transform
+    cfg, _ = load_recipe(ROOT / "cifar10" / "spikformer.yml")
+    steps = image_transform(cfg, True, (3, 32, 32), cfg.mean, cfg.std).transforms
+    ra = [t for t in steps if isinstance(t, RandAugment)]
+    assert len(ra) == 1 and [op.name for op in ra[0].ops] == cfg.aa_ops
+    assert (ra[0].num_layers, ra[0].ops[0].magnitude, ra[0].ops[0].hparams["magnitude_std"]) == (1, 9, 0.4)
+    cfg.aa_ops = ["Rotate", "Wobble"]
+    with pytest.raises(ConfigError, match="unknown RandAugment op.*Wobble"):
+        image_transform(cfg, True, (3, 32, 32), cfg.mean, cfg.std)

@@ -208,6 +208,19 @@ def test_train_sglformer_on_gesture(gesture, tmp_path):
     assert 0 <= summary["best_top1"] <= 100
 
 
+def test_train_spikformer_on_gesture(gesture, tmp_path):
+    """The Spikformer DVS layout (the CIFAR10-DVS file's model, 11 classes): 2 epochs, then test."""
+    root, _ = gesture
+    cfg = make_config(load_yaml(ROOT / "dvs128-gesture" / "spikformer.yml"),
+                      dict(DVS_TINY, data_dir=str(root), output=str(tmp_path), epochs=2))
+    summary = train(cfg)
+    records = [json.loads(line) for line in (cfg.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert models.safe_load(cfg.run_dir() / "last.pth")["model"]["head.weight"].shape == (11, 32)
+    [result] = run_test(cfg, str(cfg.run_dir() / "best.pth"))
+    assert result["top1"] == pytest.approx(summary["best_top1"]) and result["T"] == T
+
+
 def test_torchrun_prepares_raw_data_once(tmp_path):
     """Two processes start from raw files: rank 0 builds the frame cache while rank 1 waits
     (otherwise rank 1 finds rank 0's half-built cache and stops, or both write it)."""

@@ -1,4 +1,4 @@
-"""DVS configs carry the originals' recipes (all six train.py files share one template)."""
+"""DVS configs carry the originals' recipes (all their DVS train.py files share one template)."""
 import pytest
 import torch
 
@@ -20,6 +20,8 @@ ORIGINAL = {
     ("dvs128-gesture", "spikingformer"): ("spikingformer_gesture_2_256", 11, 16, 1e-3, 1e-5, 192, 4),
     ("cifar10-dvs", "sglformer"): ("sglformer_cifar10dvs_3_256", 10, 10, 5e-3, 1e-5, 96, 8),
     ("dvs128-gesture", "sglformer"): ("sglformer_gesture_3_256", 11, 10, 5e-3, 1e-5, 192, 4),
+    ("cifar10-dvs", "spikformer"): ("spikformer_cifar10dvs_2_256", 10, 16, 1e-3, 1e-5, 96, 4),
+    ("dvs128-gesture", "spikformer"): ("spikformer_gesture_2_256", 11, 16, 1e-3, 1e-5, 192, 4),
 }
 
 

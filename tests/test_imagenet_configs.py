@@ -32,6 +32,9 @@ EXPECTED = {
     "spikingformer_8_384": dict(TIMM, model="spikingformer_8_384", batch_size=36, effective_batch=288),
     "spikingformer_8_512": dict(TIMM, model="spikingformer_8_512", batch_size=36, effective_batch=288),
     "spikingformer_8_768": dict(TIMM, model="spikingformer_8_768", batch_size=24, effective_batch=192),
+    # spikformer/imagenet/imagenet.yml (batch 24 on its README's 8 GPUs) and its train.py's default ratio
+    **{f"spikformer_{n}": dict(TIMM, model=f"spikformer_{n}", batch_size=24, effective_batch=192,
+                               ratio=[0.75, 1.3333333333333333]) for n in ("8_384", "8_512", "8_768")},
 }
 
 

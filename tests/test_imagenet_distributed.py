@@ -199,3 +199,25 @@ def test_imagenet_layout_errors(tmp_path):
     (root / "val" / "n00000002").rmdir()
     with pytest.raises(DataError, match="different classes"):
         run(root)
+
+
+def test_spikformer_trains_two_epochs_then_test(imagenet, tmp_path):
+    """The Spikformer ImageNet layout (pools after the stem's LIFs, 16x): one process, 2 epochs, test.py."""
+    cfg = make_config(load_yaml(ROOT / "imagenet" / "spikformer_8_512.yml"),
+                      {"data_dir": str(imagenet), "output": str(tmp_path), "epochs": 2, "embed_dim": 32, "depth": 1,
+                       "num_heads": 2, "T": 1, "img_size": 32, "batch_size": 8, "val_batch_size": 8,
+                       "effective_batch": 8, "warmup_epochs": 1, "cooldown_epochs": 0, "workers": 0,
+                       "tensorboard": False, "progress": False})
+    assert cfg.ratio == [0.75, 1.3333333333333333] and cfg.effective_batch == 8
+    train(cfg)
+    run_dir = cfg.run_dir()
+    assert [json.loads(l)["epoch"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    ckpt = models.safe_load(run_dir / "last.pth")
+    assert ckpt["model"]["patch_embed.proj_conv3.weight"].shape == (32, 16, 3, 3) and "pos_embed" not in ckpt["model"]
+    res = tmp_path / "res.json"
+    test = subprocess.run([sys.executable, TEST, "--checkpoint", str(run_dir / "best.pth"), "--data-dir",
+                           str(imagenet), "--workers", "0", "--device", "cpu", "--save-json", str(res)],
+                          capture_output=True, text=True)
+    assert test.returncode == 0, test.stderr[-3000:]
+    result = json.loads(res.read_text())
+    assert result["model"] == "spikformer_8_512" and result["img_size"] == 32
