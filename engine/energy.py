@@ -8,13 +8,15 @@ released tool (``energy_consumption_calculation/``) implements:
   included. Dense counts come from torch's ``FlopCounterMode`` (FLOPs / 2) plus the bias adds.
 * If the layer's input is binary (all values 0 or 1) it is spike driven: it performs
   ``SOPs = firing rate of the input x dense`` accumulate operations (AC). If the input holds
-  non-negative integers (spike counts: QKFormer's and SGLFormer's residual stream adds spike
-  tensors, so blocks see 0, 1, 2, ...), each count k costs k ACs, i.e. ``SOPs = mean input x
-  dense``: QKFormer's appendix counts every conv after the first as ACs. ``integer_inputs="mac"``
-  counts such layers as MACs instead (Spikformer's appendix G, option 2, and the default of
-  Spikingformer's released tool; for Spikingformer itself, whose conv inputs are all binary, the two
-  agree). Any other input (the encoding conv on the image, the classifier on averaged features)
-  makes every operation a MAC.
+  non-negative integers (spike counts: Spikformer's, QKFormer's and SGLFormer's residual streams
+  add spike tensors, so blocks see 0, 1, 2, ...), each count k costs k ACs, i.e. ``SOPs = mean
+  input x dense``: QKFormer's appendix counts every conv after the first as ACs (option 1 of
+  Spikformer's appendix G). ``integer_inputs="mac"`` counts such layers as MACs instead (option 2,
+  the default of Spikingformer's released tool, and how the Spikingformer paper reads Spikformer:
+  an integer times a float weight is a multiplication, not a synaptic event); for Spikingformer
+  itself, whose conv inputs are all binary, the two agree. Every summary also gives the energy
+  under the other option. Any other input (the encoding conv on the image, the classifier on
+  averaged features) makes every operation a MAC.
 * Spiking self-attention adds ``T x heads x N x d^2 x (min(fr_K, fr_V) + fr_Q)`` ACs: K^T V with
   binary K and V, then Q times that (N tokens, d channels per head, fr the LIF rates of Q, K, V).
   QKFormer's token Q-K attention sums binary Q over each head's channels: ``T x C x N x fr_Q`` ACs
@@ -175,9 +177,18 @@ class EnergyMeter:
         totals = self._totals(device)
         layers = self._layer_ops(totals, rates)
         macs, sops = sum(l.macs for l in layers), sum(l.sops for l in layers)
+        # the same run under the other reading of spike-count inputs (both are published conventions)
+        other = "mac" if self.integer_inputs == "ac" else "ac"
+        self.integer_inputs, mine = other, self.integer_inputs
+        try:
+            alternative = sum(l.energy_mj for l in self._layer_ops(totals, rates))
+        finally:
+            self.integer_inputs = mine
+        integer_layers = [n for n, row in totals[1].items() if row[5] and not row[4]]
         return {"samples": int(totals[0]), "macs": macs, "sops": sops, "dense": sum(l.dense for l in layers),
                 "energy_mj": (E_MAC_PJ * macs + E_AC_PJ * sops) * 1e-9,
                 "energy_mac_mj": E_MAC_PJ * macs * 1e-9, "energy_ac_mj": E_AC_PJ * sops * 1e-9,
+                "integer_input_layers": integer_layers, f"energy_mj_integer_inputs_{other}": alternative,
                 "mean_firing_rate": sum(rates.values()) / max(len(rates), 1),
                 "layers": [asdict(l) | {"energy_mj": l.energy_mj} for l in layers], "firing_rates": dict(rates)}
 
@@ -193,6 +204,13 @@ def format_report(summary: dict) -> str:
     rows.append(f"energy per sample: {summary['energy_mj']:.4f} mJ = {summary['energy_mac_mj']:.4f} (MAC, 4.6 pJ) + "
                 f"{summary['energy_ac_mj']:.4f} (AC, 0.9 pJ); mean LIF firing rate {summary['mean_firing_rate']:.4f} "
                 f"over {len(summary['firing_rates'])} layers, {summary['samples']} samples")
+    if summary.get("integer_input_layers"):
+        [(key, other)] = [(k, v) for k, v in summary.items() if k.startswith("energy_mj_integer_inputs_")]
+        as_macs = key.endswith("_mac")
+        rows.append(f"{len(summary['integer_input_layers'])} layers read spike counts > 1 (residual sums), counted "
+                    f"{'as k ACs per count k' if as_macs else 'as MACs'}; counted "
+                    f"{'as MACs (--integer-inputs mac)' if as_macs else 'as k ACs per count k (--integer-inputs ac)'}: "
+                    f"{other:.4f} mJ")
     return "\n".join(rows)
 
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 import models
+from reference import fill_weights
 from conftest import ROOT
 from engine.energy import EnergyMeter
 from models.neuron import LIF
@@ -72,7 +73,8 @@ def test_tiny_model_by_hand():
 # twice (4x4); QKFormer CIFAR keeps 16x16 in stage 1, then 8x8, 4x4; SGLFormer CIFAR 32 px -> 8x8.
 TOKENS = {"spikingformer_cifar_2_384": {"block.0.attn": 16, "block.1.attn": 16},
           "qkformer_cifar_4_384": {"stage1.0.tssa": 256, "stage2.0.tssa": 64, "stage3.0.ssa": 16},
-          "sglformer_cifar_4_384": {"blocks.0.ssa1": 64, "blocks.0.ssa2": 64, "blocks.0.ssa3": 64}}
+          "sglformer_cifar_4_384": {"blocks.0.ssa1": 64, "blocks.0.ssa2": 64, "blocks.0.ssa3": 64},
+          "spikformer_cifar_2_384": {"block.0.attn": 16, "block.1.attn": 16}}
 
 
 class ResidualSNN(TinySNN):
@@ -108,6 +110,7 @@ def test_spike_counts_from_residual_sums(mode):
     ("spikingformer_cifar_2_384", dict(embed_dim=32, num_heads=2, T=2)),
     ("qkformer_cifar_4_384", dict(embed_dim=32, depth=3, T=2)),
     ("sglformer_cifar_4_384", dict(embed_dim=24, num_heads=2, T=2)),
+    ("spikformer_cifar_2_384", dict(embed_dim=32, num_heads=2, T=2)),
 ])
 def test_attention_operations_by_hand(name, kw):
     """SSA: T x heads x N x d^2 x (min(fr_K, fr_V) + fr_Q); token QK attention: T x C x N x fr_Q."""
@@ -125,7 +128,9 @@ def test_attention_operations_by_hand(name, kw):
             C = module.q_conv.out_channels
             assert layer.sops == pytest.approx(2 * C * N * rates[f"{layer_name}.q_lif"])
             continue
-        if hasattr(module, "q_lif"):
+        if hasattr(module, "q_linear"):       # Spikformer CIFAR: Linear layers on tokens
+            C, fq, fk, fv = module.q_linear.out_features, *(rates[f"{layer_name}.{x}_lif"] for x in "qkv")
+        elif hasattr(module, "q_lif"):
             C, fq, fk, fv = module.q_conv.out_channels, *(rates[f"{layer_name}.{x}_lif"] for x in "qkv")
         else:
             C, fq, fk, fv = module.q_conv.conv1x1.out_channels, *(rates[f"{layer_name}.{x}_conv.lif"] for x in "qkv")
@@ -143,6 +148,41 @@ def test_spikingformer_macs_equal_the_authors_log():
     with torch.no_grad(), EnergyMeter(model) as meter:
         model(torch.randn(1, 3, 224, 224))
     assert meter.summary()["macs"] == 347_329_512
+
+
+def test_spikformer_residual_counts_are_macs_or_accumulates():
+    """Spikformer-8-512, one block, 224 px, T=4. Its residual stream holds spike counts (0, 1, 2),
+    which feed each block's Q, K, V convs and its first MLP conv. With k accumulates per count
+    (the papers' convention, "ac") the only MACs are the encoding conv and the classifier, the
+    same 0.347329512 G as Spikingformer-8-512 (identical stem and head); charged as multi-bit
+    inputs ("mac", as the Spikingformer paper reads Spikformer), those four convs are MACs too.
+    Each report also gives the energy under the other reading."""
+    model = models.build("spikformer_8_512", depth=1).eval()
+    fill_weights(model)                  # weights that make every layer fire (a fresh init is silent here)
+    x = torch.randn(1, 3, 224, 224)
+    stem_and_head = 224 * 224 * 27 * 64 * 4 + 512 * 1000 + 1000
+    assert stem_and_head == 347_329_512
+    tokens = 4 * 14 * 14                                        # T x N
+    qkv = 3 * tokens * 512 * 512                                # 1x1 convs without bias
+    fc1 = tokens * (2048 * 512 + 2048)                          # with bias
+    fed_counts = ["block.0.attn.q_conv", "block.0.attn.k_conv", "block.0.attn.v_conv", "block.0.mlp.fc1_conv"]
+    summaries = {}
+    for mode in ("ac", "mac"):
+        with torch.no_grad(), EnergyMeter(model, integer_inputs=mode) as meter:
+            model(x)
+        layers = {l.name: l for l in meter.layers()}
+        summaries[mode] = meter.summary()
+        assert summaries[mode]["integer_input_layers"] == fed_counts
+        if mode == "ac":
+            assert summaries[mode]["macs"] == stem_and_head
+            assert all(layers[n].input_rate > 0 and layers[n].macs == 0 for n in fed_counts)
+        else:
+            assert summaries[mode]["macs"] == stem_and_head + qkv + fc1
+            assert all(layers[n].sops == 0 for n in fed_counts)
+        assert layers["block.0.attn.proj_conv"].macs == 0 and layers["block.0.mlp.fc2_conv"].macs == 0  # binary in
+    assert summaries["ac"]["energy_mj_integer_inputs_mac"] == pytest.approx(summaries["mac"]["energy_mj"])
+    assert summaries["mac"]["energy_mj_integer_inputs_ac"] == pytest.approx(summaries["ac"]["energy_mj"])
+    assert summaries["mac"]["energy_mj"] > summaries["ac"]["energy_mj"]
 
 
 def test_energy_cli_and_test_script(tmp_path):
@@ -185,7 +225,7 @@ def test_attention_modules_declare_their_counts_and_the_meter_knows_no_model_cla
     [row] = [l for l in meter.layers() if l.kind == "toy-attention"]
     assert meter.samples == 2                        # the meter counts dim 0 of the model's input
     assert row.dense == 2 * 4 * 5 * 7 / 2 and row.input_rate == 1.0 and row.sops == 3 * row.dense
-    for name in ("qkformer_cifar_4_384", "sglformer_cifar_4_384", "spikingformer_cifar_4_384"):
+    for name in ("qkformer_cifar_4_384", "sglformer_cifar_4_384", "spikingformer_cifar_4_384", "spikformer_cifar_4_384"):
         model = models.build(name, embed_dim=32, num_heads=4, **({"depth": 3} if "sgl" not in name else {}))
         attention = [m for m in model.modules() if hasattr(m, "op_counts")]
         assert attention and all(dict(m.named_modules()).keys() >= set(m.spike_sources.values()) for m in attention)

@@ -62,7 +62,8 @@ def main(argv=None) -> dict:
     p.add_argument("--num-classes", type=int)
     p.add_argument("--integer-inputs", choices=("ac", "mac"), default="ac",
                    help="layers fed spike counts > 1 (residual sums): k ACs per count k (QKFormer's "
-                        "appendix) or MACs (Spikformer's appendix G option 2)")
+                        "appendix; Spikformer's appendix G option 1) or MACs (option 2, the Spikingformer "
+                        "paper's reading of Spikformer); the report gives the other too")
     p.add_argument("--out", default="energy_report", help="folder for energy.json, layers.csv, firing_rates.png")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
