@@ -7,6 +7,7 @@ import torch
 
 import models
 from models import CheckpointError, load_checkpoint
+from models.checkpoint import to_original
 
 
 def tiny(num_classes=5):
@@ -140,3 +141,22 @@ def test_training_checkpoint_with_the_unused_layernorms_resumes(tmp_path):
     assert set(old_by_name) == set(params)
     for name, p in model.named_parameters():
         assert torch.equal(opt.state[p]["exp_avg"], old_by_name[name]["exp_avg"]), name
+
+
+@pytest.mark.parametrize("name", ["spikformer_8_512", "spikformer_cifar_4_384", "spikformer_cifar10dvs_2_256"])
+def test_spikformer_original_layouts_load_strictly(tmp_path, name):
+    """An original Spikformer state dict (its never-used LayerNorms at 1/0, the DVS pos_embed at a
+    random value, as the original code leaves them) loads strictly; a trained LayerNorm is refused."""
+    small = dict(embed_dim=32, num_heads=2, depth=2, num_classes=5)
+    source, target = models.build(name, **small), models.build(name, **small)
+    original = to_original(source)
+    if "pos_embed" in original:
+        assert list(original)[0] == "pos_embed" and "norm.weight" in original
+        original["pos_embed"] = torch.randn_like(original["pos_embed"])
+    torch.save({"model": original, "args": argparse.Namespace(model="spikformer")}, tmp_path / "orig.pth")
+    load_checkpoint(target, tmp_path / "orig.pth")
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in target.state_dict().items())
+    original["block.1.norm2.weight"] = original["block.1.norm2.weight"] * 1.5
+    torch.save(original, tmp_path / "trained_norm.pth")
+    with pytest.raises(CheckpointError, match="block.1.norm2.weight in the checkpoint holds trained values"):
+        load_checkpoint(target, tmp_path / "trained_norm.pth")
