@@ -122,7 +122,7 @@ def test(cfg: Config, checkpoint_path: str, use_ema: bool = False, save_json: st
             if energy_dir:
                 summary = meter.summary(info.device)  # collective: every rank takes part
                 results[-1]["energy"] = {k: summary[k] for k in ("energy_mj", "macs", "sops", "dense",
-                                                                 "mean_firing_rate")}
+                                                                 "mean_firing_rate", "conventions_mj")}
                 if info.is_main:
                     _write_energy(summary, Path(energy_dir) / f"{input_size[-1]}px",
                                   f"{cfg.model} on {cfg.dataset}, {input_size[-1]} px, T={model.T}")
@@ -143,6 +143,8 @@ def _write_energy(summary: dict, out: Path, title: str) -> None:
     with SummaryWriter(str(out / "tensorboard")) as tb:
         for key in ("energy_mj", "macs", "sops", "mean_firing_rate"):
             tb.add_scalar(f"energy/{key}", summary[key], 0)
+        for convention, mj in summary["conventions_mj"].items():
+            tb.add_scalar(f"energy/{convention}_mj", mj, 0)
         for name, rate in summary["firing_rates"].items():
             tb.add_scalar(f"firing_rate/{name}", rate, 0)
         tb.add_text("energy/report", "<pre>" + format_report(summary) + "</pre>", 0)

@@ -122,9 +122,15 @@ class SpikingClassifier(nn.Module):
                 nn.init.constant_(m.bias, 0)
 
     def time_major(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` -> ``[T, B, C, H, W]`` (repeat) or ``[B, T, ...]`` -> ``[T, B, ...]``."""
+        """``[B, C, H, W]`` -> ``[T, B, C, H, W]`` (repeat) or ``[B, T, ...]`` -> ``[T, B, ...]``.
+
+        Event frames are announced as spike counts (models/memory.py: the energy meter reads how
+        each layer's input was made); they are made contiguous here, the copy that the first
+        convolution's ``flatten(0, 1)`` makes anyway, so the announcement reaches it."""
         if x.dim() == 4 and self.input_kind == "image":
             return x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
+        if x.dim() == 5 and self.input_kind == "events":
+            return memory.note_counts(x.permute(1, 0, 2, 3, 4).contiguous(), None)
         if x.dim() == 5:
             return x.permute(1, 0, 2, 3, 4)
         expected = "[B, C, H, W] or [B, T, C, H, W]" if self.input_kind == "image" else "[B, T, C, H, W]"

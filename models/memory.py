@@ -31,6 +31,7 @@ gradients or batch-norm statistics:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import weakref
@@ -74,19 +75,29 @@ def recomputing() -> bool:
 # (bound 1); the places that add, multiply or matmul spike tensors announce the integer bound of
 # the result (see :func:`add`, :func:`mul`, :func:`matmul`, :func:`reshape`). Announcements
 # are keyed by storage, so views of an announced tensor are announced too; one is forgotten when
-# its tensor dies or is changed in place. Nothing else is ever packed.
+# its tensor dies or is changed in place. Nothing else is ever packed. They are recorded inside a
+# compact forward (for packing) and inside :class:`Announcements` (the energy meter reads from
+# them how each layer's input was made).
 
-def note_counts(t: torch.Tensor, bound: int, bits: torch.Tensor | None = None) -> torch.Tensor:
+def note_counts(t: torch.Tensor, bound: int | None, bits: torch.Tensor | None = None) -> torch.Tensor:
     """Declare that every element of `t` (and of each view of its storage) is an integer in
-    ``[0, bound]``. `bits`: `t` already in its compact form, written by the kernel that made it
+    ``[0, bound]`` (``bound=None``: a non-negative integer of unknown size, e.g. event counts;
+    never packed). `bits`: `t` already in its compact form, written by the kernel that made it
     (:func:`pack_bits`'s bits for bound 1, as the Triton neuron writes them; else the uint8 codes
     of :func:`add`), used when exactly `t` is saved.
 
-    Only recorded inside a compact forward.
+    Only recorded inside a compact forward or :class:`Announcements`.
     """
-    packer = getattr(_state, "packer", None)
-    if packer is not None and t.layout == torch.strided:
-        packer.announced[t.untyped_storage().data_ptr()] = (weakref.ref(t), t._version, int(bound), bits)
+    packer, listener = getattr(_state, "packer", None), getattr(_state, "announcements", None)
+    if (packer is None and listener is None) or t.layout != torch.strided:
+        return t
+    key = t.untyped_storage().data_ptr()
+    if bound is not None and math.isinf(bound):
+        bound = None
+    if packer is not None and bound is not None:
+        packer.announced[key] = (weakref.ref(t), t._version, int(bound), bits)
+    if listener is not None:
+        listener.announced[key] = (weakref.ref(t), t._version, math.inf if bound is None else int(bound), None)
     return t
 
 
@@ -95,17 +106,23 @@ def note_spikes(t: torch.Tensor, bits: torch.Tensor | None = None) -> torch.Tens
     return note_counts(t, 1, bits)
 
 
-def bound_of(t: torch.Tensor) -> int | None:
-    """The announced integer bound of `t`, or None (not announced, or not in a compact forward)."""
-    packer = getattr(_state, "packer", None)
-    return None if packer is None else packer.bound(t)
+def _store():
+    """Where announcements are kept now: the compact forward's packer, else an :class:`Announcements`."""
+    return getattr(_state, "packer", None) or getattr(_state, "announcements", None)
+
+
+def bound_of(t: torch.Tensor) -> int | float | None:
+    """The announced integer bound of `t` (``math.inf``: unknown size), or None (not announced, or
+    neither in a compact forward nor inside :class:`Announcements`)."""
+    store = _store()
+    return None if store is None else store.bound(t)
 
 
 def _both(a, b):
-    packer = getattr(_state, "packer", None)
-    if packer is None or not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+    store = _store()
+    if store is None or not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         return None
-    ba, bb = packer.bound(a), packer.bound(b)
+    ba, bb = store.bound(a), store.bound(b)
     return None if ba is None or bb is None else (ba, bb)
 
 
@@ -117,7 +134,7 @@ def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if bounds is None:
         return a + b
     bound = bounds[0] + bounds[1]
-    kernels = _kernels(a.device) if integer_code(bound, a.dtype) == torch.uint8 else None
+    kernels = _kernels(a.device) if packing() and integer_code(bound, a.dtype) == torch.uint8 else None
     if kernels is not None and kernels.can_add_encode(a, b):
         out, codes = kernels.add_encode(a, b)
         return note_counts(out, bound, codes)
@@ -261,7 +278,47 @@ def integer_code(bound: int, dtype: torch.dtype) -> torch.dtype | None:
     return None
 
 
-class SpikePacker(torch.autograd.graph.saved_tensors_hooks):
+class _Store:
+    """Announcements by storage: ``{data_ptr: (weakref, version, bound, bits)}``."""
+
+    announced: dict
+
+    def _entry(self, t: torch.Tensor):
+        entry = self.announced.get(t.untyped_storage().data_ptr())
+        if entry is None:
+            return None
+        ref, version, bound, bits = entry
+        if ref() is None or t._version != version:
+            return None
+        return entry
+
+    def bound(self, t: torch.Tensor) -> int | float | None:
+        if t.dtype == torch.bool:
+            return 1
+        entry = self._entry(t) if t.layout == torch.strided else None
+        return None if entry is None else entry[2]
+
+
+class Announcements(_Store):
+    """Context manager: records the announcements of everything computed inside it, outside a
+    compact forward too (evaluation, ``torch.no_grad``), so that :func:`bound_of` tells how a
+    tensor was made: spikes (1), spike counts (their bound; ``math.inf`` for data such as event
+    counts) or None (real-valued). The energy meter classifies layer inputs with it."""
+
+    def __init__(self):
+        self.announced: dict[int, tuple] = {}
+
+    def __enter__(self) -> "Announcements":
+        self.outer = getattr(_state, "announcements", None)
+        _state.announcements = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _state.announcements = self.outer
+        self.announced = {}
+
+
+class SpikePacker(_Store, torch.autograd.graph.saved_tensors_hooks):
     """Stores what autograd saves in the smallest exact form (see the module docstring).
 
     ``stats`` counts, per form, the tensors and bytes before and after packing (for tests and
@@ -285,21 +342,6 @@ class SpikePacker(torch.autograd.graph.saved_tensors_hooks):
         _state.packer = self.outer
         self.announced, self.packed = {}, {}
         return super().__exit__(*exc)
-
-    def _entry(self, t: torch.Tensor):
-        entry = self.announced.get(t.untyped_storage().data_ptr())
-        if entry is None:
-            return None
-        ref, version, bound, bits = entry
-        if ref() is None or t._version != version:
-            return None
-        return entry
-
-    def bound(self, t: torch.Tensor) -> int | None:
-        if t.dtype == torch.bool:
-            return 1
-        entry = self._entry(t) if t.layout == torch.strided else None
-        return None if entry is None else entry[2]
 
     def _count(self, kind: str, t: torch.Tensor, out_bytes: int) -> None:
         s = self.stats[kind]

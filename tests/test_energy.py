@@ -11,6 +11,9 @@ import models
 from reference import fill_weights
 from conftest import ROOT
 from engine.energy import EnergyMeter
+from models import memory
+from engine.energy import input_kind
+from reference import TINY, make_input
 from models.neuron import LIF
 
 
@@ -67,6 +70,33 @@ def test_tiny_model_by_hand():
     assert s["macs"] == conv1_macs + head_macs and s["sops"] == pytest.approx(conv2_dense * rate1)
     assert s["energy_mj"] == pytest.approx((4.6 * (conv1_macs + head_macs) + 0.9 * conv2_dense * rate1) * 1e-9)
     assert list(s["firing_rates"]) == ["lif1", "lif2"] and s["firing_rates"]["lif1"] == pytest.approx(rate1)
+    # the other conventions, by hand (per sample; SRAM 12.5 pJ/byte for weights, 2.5 for the rest)
+    assert [layers[n].input for n in ("conv1", "conv2", "head")] == ["real", "spikes", "real"]
+    c = s["conventions_mj"]
+    assert c["papers"] == pytest.approx(s["energy_mj"]) and c["counts_as_macs"] == pytest.approx(s["energy_mj"])
+    convs, head = (4 * 27 + 6 * 4 + 6) * 4 * 12.5, (6 * 5 + 5) * 4 * 12.5        # 4-byte weights
+    inputs = (T * 3 * H * W * 4 + T * 4 * H * W / 8 + 6 * 4) * 2.5               # image, spikes (1 bit), features
+    state = T * H * W * (4 + 6) * 12 * 2.5                                       # 12 bytes per neuron and step
+    weights = convs * T + head                         # the convs read theirs every time step, the head once
+    assert s["memory_aware_parts_mj"]["weights"] == pytest.approx(weights * 1e-9)
+    assert c["memory_aware"] == pytest.approx(s["energy_mj"] + (weights + inputs + state) * 1e-9)
+    ann_compute = 4.6 * ((conv1_macs + conv2_dense) / T + head_macs)
+    ann_memory = convs + head + (3 * H * W * 4 + 4 * H * W * 4 + 6 * 4) * 2.5 + H * W * (4 + 6) * 4 * 2.5
+    assert c["ann"] == pytest.approx((ann_compute + ann_memory) * 1e-9)
+
+
+def test_an_all_zero_input_is_not_taken_for_spikes():
+    """A silent network: the classifier reads averaged features, all zero here, and still does
+    MACs; the conv after the silent neuron reads spikes (at rate 0): by construction, not values."""
+    model = TinySNN(T=2).eval()
+    with torch.no_grad():
+        model.conv1.weight.zero_()
+        x = torch.randn(3, 3, 8, 8)
+        with EnergyMeter(model) as meter:
+            model(x)
+    layers = {l.name: l for l in meter.layers()}
+    assert layers["head"].input == "real" and layers["head"].macs == 6 * 5 + 5
+    assert layers["conv2"].input == "spikes" and layers["conv2"].input_rate == 0 and layers["conv2"].sops == 0
 
 
 # Tokens each attention block sees, from the architecture: Spikingformer CIFAR pools 16 px input
@@ -78,11 +108,12 @@ TOKENS = {"spikingformer_cifar_2_384": {"block.0.attn": 16, "block.1.attn": 16},
 
 
 class ResidualSNN(TinySNN):
-    """Like TinySNN, but conv2 reads spikes + spikes of the previous time step: counts 0, 1, 2."""
+    """Like TinySNN, but conv2 reads spikes + spikes of the previous time step: counts 0, 1, 2,
+    announced as the models announce their residual sums (models/memory.py)."""
 
     def forward(self, x):
         s = self.spikes1(x)
-        s = s + torch.cat([torch.zeros_like(s[:1]), s[:-1]])
+        s = memory.add(s, memory.note_spikes(torch.cat([torch.zeros_like(s[:1]), s[:-1]])))
         return self.head(self.lif2(self.merged(self.conv2, s)).mean((0, 3, 4)))
 
 
@@ -141,6 +172,39 @@ def test_attention_operations_by_hand(name, kw):
         assert layer.dense == 2 * 2 * h * N * d * d
 
 
+@pytest.mark.parametrize("config", sorted(TINY))
+def test_inputs_classified_by_construction_agree_with_their_values(config):
+    """Every conv/linear input of every reference configuration, firing at useful rates: layers
+    announced as reading spikes get 0/1, counts get non-negative integers (more than 1 somewhere
+    in each family that adds spikes), the rest is real-valued. The announcements decide."""
+    cls, kwargs, shape, kind = TINY[config]
+    model = getattr(models, cls)(**kwargs).eval()
+    fill_weights(model)
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen.setdefault(name, (input_kind(inputs[0]), inputs[0].detach()))
+        return hook
+
+    hooks = [m.register_forward_hook(record(n))
+             for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    with torch.no_grad(), memory.Announcements():
+        model(make_input(shape, kind))
+    for h in hooks:
+        h.remove()
+    for name, (announced, x) in seen.items():
+        if announced == "spikes":
+            assert bool(((x == 0) | (x == 1)).all()), name
+        elif announced == "counts":
+            assert bool((x >= 0).all()) and bool((x == x.round()).all()), name
+    first, *rest = seen.values()
+    assert first[0] == ("counts" if kind == "events" else "real")                # event frames are counts
+    kinds = {k for k, _ in rest}
+    assert {"real", "spikes"} <= kinds
+    assert ("counts" in kinds) == (not config.startswith("spikingformer")), kinds   # its stream is real-valued
+
+
 def test_spikingformer_macs_equal_the_authors_log():
     """Spikingformer's energy log for 8-512 (224 px, T=4): 0.347329512 G MACs = the first conv on
     the image (3x3x3 -> 64, over 4 time steps) + the classifier (512 -> 1000 with bias)."""
@@ -172,7 +236,7 @@ def test_spikformer_residual_counts_are_macs_or_accumulates():
             model(x)
         layers = {l.name: l for l in meter.layers()}
         summaries[mode] = meter.summary()
-        assert summaries[mode]["integer_input_layers"] == fed_counts
+        assert summaries[mode]["count_input_layers"] == fed_counts
         if mode == "ac":
             assert summaries[mode]["macs"] == stem_and_head
             assert all(layers[n].input_rate > 0 and layers[n].macs == 0 for n in fed_counts)
@@ -180,8 +244,8 @@ def test_spikformer_residual_counts_are_macs_or_accumulates():
             assert summaries[mode]["macs"] == stem_and_head + qkv + fc1
             assert all(layers[n].sops == 0 for n in fed_counts)
         assert layers["block.0.attn.proj_conv"].macs == 0 and layers["block.0.mlp.fc2_conv"].macs == 0  # binary in
-    assert summaries["ac"]["energy_mj_integer_inputs_mac"] == pytest.approx(summaries["mac"]["energy_mj"])
-    assert summaries["mac"]["energy_mj_integer_inputs_ac"] == pytest.approx(summaries["ac"]["energy_mj"])
+    for mode, convention in (("ac", "papers"), ("mac", "counts_as_macs")):   # the headline is one column
+        assert summaries[mode]["energy_mj"] == pytest.approx(summaries["ac"]["conventions_mj"][convention])
     assert summaries["mac"]["energy_mj"] > summaries["ac"]["energy_mj"]
 
 
@@ -193,12 +257,15 @@ def test_energy_cli_and_test_script(tmp_path):
     report = json.loads((tmp_path / "e" / "energy.json").read_text())
     assert report["T"] == 4 and report["samples"] == 2 and len(report["firing_rates"]) == 21
     assert (tmp_path / "e" / "firing_rates.png").stat().st_size > 1000
+    assert (tmp_path / "e" / "energy_breakdown.png").stat().st_size > 1000
+    assert set(report["conventions_mj"]) == {"papers", "counts_as_macs", "memory_aware", "ann"}
     assert "total per sample" in out.stdout and (tmp_path / "e" / "layers.csv").read_text().startswith("name,kind")
 
 
 def test_attention_modules_declare_their_counts_and_the_meter_knows_no_model_class():
     source = (ROOT / "engine" / "energy.py").read_text()
-    assert "from models" not in source and "import models" not in source
+    imports = [line for line in source.splitlines() if line.startswith(("from models", "import models"))]
+    assert imports == ["from models import memory"]        # the announcements only, no model class
 
     class Gate(nn.Module):
         """A made-up attention: one spike product of size T x B x C x N, fed by its neuron 's'."""
@@ -229,3 +296,18 @@ def test_attention_modules_declare_their_counts_and_the_meter_knows_no_model_cla
         model = models.build(name, embed_dim=32, num_heads=4, **({"depth": 3} if "sgl" not in name else {}))
         attention = [m for m in model.modules() if hasattr(m, "op_counts")]
         assert attention and all(dict(m.named_modules()).keys() >= set(m.spike_sources.values()) for m in attention)
+
+
+def test_published_table_in_the_readme_is_the_tools_output():
+    """The README's table is `tools.energy --published`'s, from the JSON it wrote; and a row's
+    arithmetic: (a) = our MACs + the paper's ACs, (b) a range, (c) = (a) + traffic."""
+    from tools.energy import markdown_table, published_row
+    rows = json.loads((ROOT / "docs" / "benchmarks" / "energy_published.json").read_text())["rows"]
+    assert markdown_table(rows) in (ROOT / "README.md").read_text()
+    summary = {"macs": 1e9, "layers": [{"input": "counts", "dense": 2e9}, {"input": "spikes", "dense": 5e9}],
+               "memory_aware_parts_mj": {"weights": 1.0, "inputs": 0.5, "state": 0.25}, "conventions_mj": {"ann": 9.0}}
+    row = published_row("x", summary, {"acs": 3e9})
+    assert row["papers_mj"] == pytest.approx(4.6 + 2.7) and row["memory_aware_mj"] == pytest.approx(7.3 + 1.75)
+    assert row["counts_as_macs_mj"] == pytest.approx([4.6 * 3, 7.3 + 9.2])
+    implied = published_row("x", summary, {"mj": 7.3})
+    assert implied["acs"] == pytest.approx(3e9)

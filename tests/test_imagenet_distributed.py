@@ -173,9 +173,10 @@ def test_distributed_evaluation_equals_single_process(imagenet, tmp_path):
     assert ea["samples"] == eb["samples"] == 16 and ea["macs"] > 0 and ea["mean_firing_rate"] > 0
     for key in ("macs", "sops", "dense", "energy_mj"):
         assert ea[key] == pytest.approx(eb[key], rel=1e-6), key
+    assert ea["conventions_mj"] == pytest.approx(eb["conventions_mj"], rel=1e-6)
     assert a["energy"]["sops"] == pytest.approx(b["energy"]["sops"], rel=1e-6)
     assert sorted(p.name for p in (tmp_path / "energy_b" / "32px").iterdir()) == [
-        "energy.json", "firing_rates.png", "layers.csv", "tensorboard"]
+        "energy.json", "energy_breakdown.png", "firing_rates.png", "layers.csv", "tensorboard"]
 
 
 def test_imagenet_layout_errors(tmp_path):
