@@ -144,7 +144,7 @@ class Config:
         group='optimisation')
     effective_batch: Optional[int] = key(None, 'batch_size x accum_iter x processes; sets accum_iter for you',
         group='optimisation')
-    layer_decay: float = key(1.0, 'only 1.0 (all published runs; see README)', group='optimisation')
+    layer_decay: float = key(1.0, 'only 1.0 (all published runs; docs/datasets.md)', group='optimisation')
     sched: str = key("cosine", 'timm scheduler name, or mae_cosine (per-update, MAE/DeiT)',
         group='optimisation', choices=('cosine', 'mae_cosine', 'tanh', 'step', 'multistep', 'plateau', 'poly', 'constant'))
     epochs: int = key(300, 'epochs of the schedule (cooldown comes on top)', group='optimisation')
@@ -163,7 +163,7 @@ class Config:
         group='optimisation', choices=('float16', 'bfloat16'))
     grad_checkpointing: bool = key(OPTIONS["grad_checkpointing"].default, OPTIONS["grad_checkpointing"].help,
         group='optimisation')
-    compile: bool = key(False, 'torch.compile the model (slow to start; see README)', group='optimisation')
+    compile: bool = key(False, 'torch.compile the model (slow to start; docs/performance.md)', group='optimisation')
     cuda_graph: bool = key(False, 'replay each training step (and evaluation forward) as one CUDA graph after a '
                            'warm-up; CUDA only', group='optimisation')
     model_ema: bool = key(False, 'keep an exponential moving average of the weights (validated and saved too)',

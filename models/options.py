@@ -39,7 +39,7 @@ OPTIONS: dict[str, Option] = {
     "grad_checkpointing": Option(False, (False, True), "recompute blocks in backward: less memory, same "
                                  "gradients"),
     "fix_tb_merge": Option(False, (False, True), "fix the upstream LIF that sees time steps and batch merged "
-                           "(QKFormer issue #14; README, Faithfulness)"),
+                           "(QKFormer issue #14; docs/faithfulness.md)"),
 }
 
 

@@ -42,7 +42,7 @@ RELEASED: dict[str, dict[str, Any]] = {
 def missing_weights_message(name: str) -> str:
     entry = RELEASED.get(name)
     if entry is None:
-        return (f"{name}: no released weights are known for this variant (README, 'Evaluate released weights'); "
+        return (f"{name}: no released weights are known for this variant (docs/released-weights.md); "
                 f"train it, or pass pretrained_cfg_overlay=dict(file='your.pth' or a converted folder)")
     return (f"{name}: no local weights (none download automatically). Get {entry['file_name'] or 'the checkpoint'} "
             f"from: {entry['url']}; "

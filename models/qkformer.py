@@ -15,7 +15,7 @@ conv units plus a 1x1-conv shortcut, summed. Stage widths are embed_dim/4, /2, /
 CIFAR) or embed_dim/2, /1 (DVS). Parameter names and registration order follow the original
 files, so the authors' checkpoints load with ``strict=True``.
 
-Upstream quirks kept for checkpoint fidelity (see README, "Faithfulness"):
+Upstream quirks kept for checkpoint fidelity (docs/faithfulness.md):
 
 * The SSA projection LIF sees T and B merged (upstream issue #14); ``fix_tb_merge=True``
   gives the corrected behaviour.

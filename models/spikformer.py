@@ -20,7 +20,7 @@ SGLFormer's stems); a fifth unit (``rpe``) is added to its own input, the relati
 embedding. The upstream tree has no DVS128 Gesture folder; the paper trains DVS128 Gesture with the
 CIFAR10-DVS model, so the ``dvs`` layout serves both (11 classes for Gesture).
 
-Upstream quirks kept (see README, "Faithfulness"):
+Upstream quirks kept (docs/faithfulness.md):
 
 * the blocks define ``norm1``/``norm2`` LayerNorms, and the DVS model a ``pos_embed`` and a final
   ``norm``, that are never used: left out here (every parameter gets a gradient), accounted for

@@ -2,7 +2,7 @@
 
 The defaults reproduce what the original code builds for that row of the papers' tables;
 keyword arguments override them (``T``, ``num_classes``, ``img_size``, ``fix_tb_merge``,
-``backend``, ...). See the README for the paper each row comes from.
+``backend``, ...). docs/models.md gives the paper each row comes from.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The recipe behind ``tests/data/reference/*.pt``: tiny configs, seeded weights, one step.
 
 The reference files were produced by running the ORIGINAL repositories' model code (see the
-README's developer notes) through :func:`run_case` with the weights of :func:`fill_weights`; the
+docs/developer.md) through :func:`run_case` with the weights of :func:`fill_weights`; the
 equivalence tests run our models through the same function and compare. Because both model
 definitions have identical ``state_dict`` layouts, the seeded fill gives both the same weights,
 so no weights need to be stored.
@@ -66,7 +66,7 @@ TINY = {
                                           in_chans=2, num_classes=5), (2, 2, 2, 128, 128), "events"),
 }
 
-# config -> the original repository's model file it stands for (README, developer notes).
+# config -> the original repository's model file it stands for (docs/developer.md).
 ORIGINAL_FILE = {
     "qkformer_cifar": "QKFormer cifar10/model.py", "qkformer_cifar100": "QKFormer cifar100/model.py",
     "qkformer_dvs": "QKFormer cifar10-dvs/model.py", "qkformer_gesture": "QKFormer dvs128-gesture/model.py",

@@ -3,7 +3,7 @@
 ``tests/data/optrace/<config>.json.xz`` holds, for each tiny config of ``reference.TINY`` (one per
 original model file, ``reference.ORIGINAL_FILE``), the aten operations that the ORIGINAL model
 code issued in ``reference.run_case``: eval and train mode, float32 and float64, forward and
-backward (generation: README, developer notes). Replaying a trace (``optrace.replay``) computes
+backward (generation: docs/developer.md). Replaying a trace (``optrace.replay``) computes
 the original program's logits, parameter gradients and batch-norm buffers with THIS machine's
 kernels, so our models must match it exactly on any CPU: the same bits for all of them.
 

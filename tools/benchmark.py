@@ -374,7 +374,7 @@ FAMILY_NAMES = {"qkformer": "QKFormer", "spikingformer": "Spikingformer", "sglfo
 
 
 def markdown_table(paths: list[str]) -> str:
-    """README Performance's table, from benchmark JSON reports (``--table``): ratios to each
+    """docs/performance.md's table, from benchmark JSON reports (``--table``): ratios to each
     report's reference, host syncs and kernel-launching operators of one train step."""
     rows = ["| model | setup | train img/s | step time | inference time | saved for backward | peak memory | "
             "syncs / step | launches / step | deviation |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -417,7 +417,7 @@ def main(argv=None) -> dict:
     p.add_argument("--no-peak", dest="peak", action="store_false",
                    help="CPU: skip the peak-memory runs (one fresh process per setup)")
     p.add_argument("--peak-of", help=argparse.SUPPRESS)   # internal: one setup's peak, in this process
-    p.add_argument("--table", nargs="+", metavar="JSON", help="print README's markdown table of these reports and stop")
+    p.add_argument("--table", nargs="+", metavar="JSON", help="print docs/performance.md's markdown table of these reports and stop")
     args = p.parse_args(argv)
     if args.table:
         print(markdown_table(args.table))

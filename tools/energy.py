@@ -3,13 +3,12 @@
     python -m tools.energy --model spikingformer_8_512 --fake                 # architecture + random input
     python -m tools.energy --model qkformer_10_384 --checkpoint X.pth --data-dir /data/imagenet
     python -m tools.energy -c cifar10/qkformer.yml --checkpoint best.pth --data-dir /data --batches 20
-    python -m tools.energy --published docs/benchmarks/energy_published.json   # the README's table
+    python -m tools.energy --published docs/benchmarks/energy_published.json   # docs/energy.md's table
 
 Prints a per-layer table (dense operations, MACs, SOPs, energy under each convention: (a) the
 papers', (b) spike counts as MACs, (c) memory-aware, and the same network as an ANN) and writes
 ``energy.json``, ``layers.csv``, ``firing_rates.png`` and ``energy_breakdown.png`` to ``--out``.
-The conventions and their constants are stated in engine/energy.py and the README ("Energy and
-firing rates").
+The conventions and their constants are stated in engine/energy.py and docs/energy.md.
 """
 from __future__ import annotations
 
@@ -88,7 +87,7 @@ def published_row(name: str, summary: dict, published: dict) -> dict:
 
 
 def published_table(out: str | None) -> list[dict]:
-    """Every row of PUBLISHED; written to `out` (JSON) and printed as the README's table."""
+    """Every row of PUBLISHED; written to `out` (JSON) and printed as docs/energy.md's table."""
     rows = []
     for name, published in PUBLISHED.items():
         model = models.build(name).eval()
@@ -144,7 +143,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="energy_report", help="folder for energy.json, layers.csv, firing_rates.png")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--published", nargs="?", const="", metavar="JSON",
-                   help="the published ImageNet models beside every convention (the README's table); "
+                   help="the published ImageNet models beside every convention (docs/energy.md's table); "
                         "optionally written to JSON")
     args = p.parse_args(argv)
     try:

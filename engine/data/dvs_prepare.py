@@ -8,7 +8,7 @@ The stage folders are spikingjelly's (so old caches are found)::
     events_np/       one .npz of events (t, x, y, p) per sample      <- made from extract/
     frames_number_<T>_split_by_number/   one .npz of [T, 2, 128, 128] frames per sample
 
-Rules (the README's DVS section states them for users):
+Rules (docs/datasets.md states them for users):
 - A stage is built in ``<stage>.partial`` and renamed when complete, with a ``.complete`` marker
   (sample count, fingerprint of its inputs; see dvs_cache.py). A folder without a valid marker,
   or whose marker disagrees with what it holds or with its inputs, is never used: its count is
