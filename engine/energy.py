@@ -113,7 +113,7 @@ class EnergyMeter:
         # per synapse: [bias adds, input sum, input elements, spikes calls, counts calls, real calls,
         # time steps per call summed over calls]; sums stay on the device until the totals are read
         self._rows = {n: [0.0] * 7 for n in self.synapses}
-        self._batch = 1
+        self._batch, self._T = 1, 1
         self._attn = {n: 0.0 for n in self.attention}        # product sizes, from each module's op_counts
         self._handles = []
         self._flops = None
@@ -129,7 +129,9 @@ class EnergyMeter:
             kind = input_kind(x)
             row[3 + _KINDS.index(kind)] += 1
             row[2] += x.numel()
-            row[6] += x.shape[0] / self._batch     # T*B merged: T steps in one call; [B, C]: one
+            # T steps in one call when T and B are merged into the leading axis (also with windows
+            # folded in, SGLFormer's local attention); after the time average ([B, C]) one
+            row[6] += self._T if x.shape[0] % (self._T * self._batch) == 0 else 1
             if kind != "real":
                 row[1] = row[1] + x.sum(dtype=torch.float64)
         return hook
@@ -143,10 +145,13 @@ class EnergyMeter:
         x = inputs[0]
         self.samples += x.shape[0]
         self._batch = x.shape[0]
-        events = x.dim() == 5
-        self.time_steps += x.shape[0] * (x.shape[1] if events else getattr(module, "T", 1))
+        self._T = x.shape[1] if x.dim() == 5 else getattr(module, "T", 1)
+        self.time_steps += x.shape[0] * self._T
 
     def __enter__(self) -> "EnergyMeter":
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("EnergyMeter needs torch.no_grad(), not torch.inference_mode(): inference tensors "
+                               "keep no version counter, so how each layer's input was made cannot be recorded")
         self._announcements = memory.Announcements().__enter__()
         self._handles = [m.register_forward_hook(self._synapse_hook(n)) for n, m in self.synapses.items()]
         self._handles += [m.register_forward_hook(self._attention_hook(n)) for n, m in self.attention.items()]

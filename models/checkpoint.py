@@ -255,6 +255,9 @@ def to_original(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             if u.before and name not in out and (key == u.before or key.startswith(u.before + ".")):
                 out[name] = make(u)
         out[key] = value
+    for name, u in unused.items():      # what they preceded is gone (a model without its head): at the end
+        if name not in out:
+            out[name] = make(u)
     return out
 
 

@@ -158,6 +158,8 @@ class ConvUnits(Checkpointable):
         self.units = tuple(units)
         self.fix_tb_merge = fix_tb_merge
         for u in self.units:
+            if u.lif_pool and (not u.lif or order != "post"):
+                raise ValueError(f"unit {u.name!r}: lif_pool (a pool on spikes) needs a post-order unit with a LIF")
             conv = nn.Conv1d if u.dims == 1 else nn.Conv2d
             norm = nn.BatchNorm1d if u.dims == 1 else nn.BatchNorm2d
             if order == "pre" and u.lif:
@@ -249,7 +251,7 @@ def bn_lif(x: torch.Tensor, T: int, norm: nn.Module, neuron: nn.Module | None = 
     and B merged, as in some originals (see :func:`lif_on_merged_tb`). ``lif_pool``: the pool
     comes after the LIF instead (Spikformer's stem); it keeps the spikes it reads, as bits.
     """
-    if lif_pool and pool is not None:
+    if lif_pool and pool is not None and neuron is not None:
         x = pool(bn_lif(x, T, norm, neuron).flatten(0, 1))
         return memory.note_spikes(x).reshape(T, -1, *x.shape[1:])     # max-pooled spikes are spikes
     if pool is None and neuron is not None and bn_lif_node.applies(x, norm, neuron):

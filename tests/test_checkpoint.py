@@ -156,6 +156,8 @@ def test_spikformer_original_layouts_load_strictly(tmp_path, name):
     torch.save({"model": original, "args": argparse.Namespace(model="spikformer")}, tmp_path / "orig.pth")
     load_checkpoint(target, tmp_path / "orig.pth")
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in target.state_dict().items())
+    headless = to_original(models.build(name, **dict(small, num_classes=0)))
+    assert set(headless) == set(original) - {"head.weight", "head.bias"}     # nothing left out with the head
     original["block.1.norm2.weight"] = original["block.1.norm2.weight"] * 1.5
     torch.save(original, tmp_path / "trained_norm.pth")
     with pytest.raises(CheckpointError, match="block.1.norm2.weight in the checkpoint holds trained values"):

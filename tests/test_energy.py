@@ -203,6 +203,13 @@ def test_inputs_classified_by_construction_agree_with_their_values(config):
     kinds = {k for k, _ in rest}
     assert {"real", "spikes"} <= kinds
     assert ("counts" in kinds) == (not config.startswith("spikingformer")), kinds   # its stream is real-valued
+    # the other direction: what is binary or integer by its values was announced as such, except
+    # where the family computes it as real (Spikingformer's stream; the classifier's time average)
+    for name, (announced, x) in seen.items():
+        if announced == "real" and name != "head" and not config.startswith("spikingformer"):
+            assert not bool(((x == 0) | (x == 1)).all()), f"{name}: binary values, announced as real"
+    if "counts" in kinds:
+        assert max(x.max().item() for k, x in rest if k == "counts") > 1     # counts above 1 do occur
 
 
 def test_spikingformer_macs_equal_the_authors_log():
@@ -309,3 +316,28 @@ def test_published_row_arithmetic():
     assert row["counts_as_macs_mj"] == pytest.approx([4.6 * 3, 7.3 + 9.2])
     implied = published_row("x", summary, {"mj": 7.3})
     assert implied["acs"] == pytest.approx(3e9)
+
+
+def test_inference_mode_is_refused_with_the_fix():
+    model = TinySNN(T=2).eval()
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"needs torch.no_grad\(\), not torch.inference_mode"):
+        with EnergyMeter(model):
+            model(torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("config", ["sglformer_cifar", "sglformer_imagenet_late", "qkformer_dvs"])
+def test_each_layer_reads_its_weights_once_per_time_step_or_once(config):
+    """(c) reads weights once per time step, or once after the time average; SGLFormer's local
+    attention folds its windows into the batch axis, which is not more time steps."""
+    cls, kwargs, shape, kind = TINY[config]
+    model = getattr(models, cls)(**kwargs).eval()
+    fill_weights(model)
+    with torch.no_grad(), EnergyMeter(model) as meter:
+        model(make_input(shape, kind))
+    T = meter.summary()["T"]
+    modules = dict(model.named_modules())
+    for layer in meter.layers():
+        if layer.kind in ("conv", "linear"):
+            n = sum(p.numel() for p in modules[layer.name].parameters(recurse=False))
+            steps = layer.memory["weights"] / (n * 4 * 12.5e-9)
+            assert steps == pytest.approx(T) or steps == pytest.approx(1), (layer.name, steps)

@@ -93,3 +93,11 @@ def test_qkformer_runs_at_the_papers_higher_resolutions():
     with torch.no_grad():
         for side in (224, 288, 384):
             assert model(torch.randn(1, 3, side, side)).shape == (1, 1000)
+
+
+def test_a_pool_on_spikes_needs_a_neuron():
+    """Unit(lif_pool=True) announces its pooled output as spikes; without a LIF that would be
+    batch-norm output, and compact memory would store it as bits."""
+    from models.layers import ConvUnits, Unit
+    with pytest.raises(ValueError, match="lif_pool .* needs a post-order unit with a LIF"):
+        ConvUnits([Unit("proj", 3, 8, pool=True, lif_pool=True, lif=False)])
