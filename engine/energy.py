@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import memory
+from models.memory import Announcements, bound_of
 
 from .distributed import all_reduce_sum
 from .firing import FiringRates
@@ -88,7 +88,7 @@ def is_attention(module: nn.Module) -> bool:
 
 def input_kind(x: torch.Tensor) -> str:
     """How `x` was made, from the announcements (never from its values): spikes, counts or real."""
-    bound = memory.bound_of(x)
+    bound = bound_of(x)
     return "real" if bound is None else "spikes" if bound == 1 else "counts"
 
 
@@ -152,7 +152,7 @@ class EnergyMeter:
         if torch.is_inference_mode_enabled():
             raise RuntimeError("EnergyMeter needs torch.no_grad(), not torch.inference_mode(): inference tensors "
                                "keep no version counter, so how each layer's input was made cannot be recorded")
-        self._announcements = memory.Announcements().__enter__()
+        self._announcements = Announcements().__enter__()
         self._handles = [m.register_forward_hook(self._synapse_hook(n)) for n, m in self.synapses.items()]
         self._handles += [m.register_forward_hook(self._attention_hook(n)) for n, m in self.attention.items()]
         self._handles.append(self.model.register_forward_pre_hook(self._count_samples))

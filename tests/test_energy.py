@@ -272,7 +272,7 @@ def test_energy_cli_and_test_script(tmp_path):
 def test_attention_modules_declare_their_counts_and_the_meter_knows_no_model_class():
     source = (ROOT / "engine" / "energy.py").read_text()
     imports = [line for line in source.splitlines() if line.startswith(("from models", "import models"))]
-    assert imports == ["from models import memory"]        # the announcements only, no model class
+    assert imports == ["from models.memory import Announcements, bound_of"]   # the announcements, no model class
 
     class Gate(nn.Module):
         """A made-up attention: one spike product of size T x B x C x N, fed by its neuron 's'."""
