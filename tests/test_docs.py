@@ -136,9 +136,9 @@ def _layout() -> list[tuple[list[str], str]]:
     for line in block.splitlines():
         nested = re.match(r"^  (\S+)\s{2,}(.*)", line)
         if line and not line[0].isspace():
-            names, _, description = re.split(r"\s{2,}", line, maxsplit=1)[0], None, line
-            entries.append((names.split(), line))
-            parent = names.split()[-1] if names.endswith("/") else ""
+            names = re.split(r"\s{2,}", line, maxsplit=1)[0].split()
+            entries.append((names, line))
+            parent = names[-1] if names[-1].endswith("/") else ""
         elif nested and parent:
             entries.append(([parent + nested.group(1)], nested.group(2)))
         elif entries:
